@@ -1,0 +1,75 @@
+# Two commands on a fresh clone:  `make run`  and  `make test`.
+# Everything they need (the virtual environment, Debian's dcmtk/orthanc/dicom3tools) is installed
+# idempotently: a second run finds the stamps and skips the installs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := dcmtk orthanc dicom3tools
+export FLWR_TELEMETRY_ENABLED = 0
+export FLWR_DISABLE_UPDATE_CHECK = 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
+export RAY_USAGE_STATS_ENABLED = 0
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: help venv system-deps test test-fast run preview data bench lock clean
+
+help:
+	@echo "make run          start the service on the embedded default (until serving lands: data preview)"
+	@echo "make test         install everything needed and run the whole test suite"
+	@echo "make preview      write docs/img/data_preview.png (sites x contrasts, coils, k-space, mask)"
+	@echo "make data         generate (and cache) the embedded multi-site phantom data set"
+	@echo "make bench        run the benchmarks and write their tables to docs/"
+	@echo "make lock         regenerate requirements.lock from pyproject.toml"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" 2>&1 | grep -v "^WARNING: Location" || true
+	set -o pipefail; $(PY) -m pip install -q -r requirements.lock 2>&1 | { grep -v "^WARNING: Location" || true; }
+	set -o pipefail; $(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PY) -m pip check
+	@touch $(STAMP)
+
+# Debian packages the end-to-end tests use as real peers (dcmtk as scanner, Orthanc as PACS, dciodvfy).
+system-deps:
+	@missing=""; \
+	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
+	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: venv system-deps
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow and not e2e"
+
+preview: venv
+	$(PY) -m training.data_cli preview --out docs/img/data_preview.png
+
+data: venv
+	$(PY) -m training.data_cli generate
+
+run: venv system-deps preview
+	@echo "The serving stack (Triton, REST API, DICOM node) is not built yet; 'make run' wrote the data preview:"
+	@echo "  docs/img/data_preview.png"
+
+bench: venv
+	$(PY) -m benchmarks.cs_baseline --out docs/benchmarks/cs_baseline.md
+
+lock:
+	rm -rf /tmp/mri-lock-venv && $(PYTHON) -m venv /tmp/mri-lock-venv
+	/tmp/mri-lock-venv/bin/pip install -q ".[test]"
+	( echo "# Exact versions installed by 'make venv'. Regenerate with 'make lock' after changing pyproject.toml."; \
+	  echo "# torch is the local CPU wheel; never unpin it (an unpinned torch pulls several GB of CUDA packages)."; \
+	  /tmp/mri-lock-venv/bin/pip freeze --exclude mri-service | sed -e 's/^torch==2.13.0+cpu/torch==2.13.0/' ) > requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
