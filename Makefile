@@ -73,3 +73,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+.PHONY: train-federated
+train-federated: venv
+	$(PY) -m training.cli federated --config configs/recon.yaml

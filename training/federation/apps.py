@@ -1,0 +1,99 @@
+"""The Flower apps: one ``ClientApp`` per hospital and the coordinator's ``ServerApp``.
+
+The same objects run in Flower's simulation (:mod:`training.federation.simulation`) and in deployment
+(``flower-superlink`` + one ``flower-supernode`` per hospital, see ``docs/federation.md``).
+
+A site learns which hospital it is from its node configuration: ``site=<name>`` (deployment) or
+``partition-id`` (simulation: the i-th training site of the config). Its private state directory is
+``state-dir`` from the node configuration, or ``<run dir>/sites/<site>`` in simulation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import yaml
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from training.federation.records import audit_outgoing, from_record, to_record
+from training.federation.registry import family_from_yaml
+
+log = logging.getLogger(__name__)
+client_app = ClientApp()
+
+
+def _site_and_state_dir(context: Context, run_cfg: dict) -> tuple[str, Path]:
+    family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
+    node = context.node_config
+    if "site" in node:
+        site = str(node["site"])
+        if site not in family.train_sites:
+            raise ValueError(f"node-config site={site!r} is not a training site of this run: {family.train_sites}")
+    else:
+        pid = int(node["partition-id"])
+        if not 0 <= pid < len(family.train_sites):
+            raise ValueError(f"partition-id {pid} out of range for {len(family.train_sites)} training sites")
+        site = family.train_sites[pid]
+    state_root = node.get("state-dir")
+    state_dir = Path(str(state_root)) if state_root else Path(run_cfg["run_dir"]) / "sites" / site
+    return site, state_dir
+
+
+def _handle(msg: Message, context: Context, train: bool) -> Message:
+    torch.set_num_threads(int(os.environ.get("MRI_SITE_THREADS", "1")))
+    cfg_record = msg.content["config"]
+    text = str(cfg_record["run-config"])
+    run_cfg = yaml.safe_load(text)
+    family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
+    site, state_dir = _site_and_state_dir(context, run_cfg)
+    global_round = int(cfg_record["global-round"])
+    arrays = from_record(msg.content["arrays"])
+    if train:
+        update = family.train_site(site, arrays, global_round, state_dir)
+        audit_outgoing(state_dir, site, global_round, update.arrays, update.num_examples)
+        metrics = {**update.metrics, "num-examples": int(update.num_examples)}
+        content = RecordDict({
+            "arrays": to_record(update.arrays),
+            "metrics": MetricRecord({k: float(v) if k != "num-examples" else int(v) for k, v in metrics.items()}),
+            "site": ConfigRecord({"name": site}),
+        })
+    else:
+        metrics = family.evaluate_site(site, arrays)
+        content = RecordDict({
+            "metrics": MetricRecord({**{k: float(v) for k, v in metrics.items()}, "num-examples": 1}),
+            "site": ConfigRecord({"name": site}),
+        })
+    return Message(content=content, reply_to=msg)
+
+
+@client_app.train()
+def site_train(msg: Message, context: Context) -> Message:
+    """Local training at one hospital; replies with the shared weights only."""
+    return _handle(msg, context, train=True)
+
+
+@client_app.evaluate()
+def site_evaluate(msg: Message, context: Context) -> Message:
+    """Validation of the global model on the hospital's own validation split; replies with numbers only."""
+    return _handle(msg, context, train=False)
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def coordinator(grid: Grid, context: Context) -> None:
+    """Deployment entry point: the run configuration comes from the Flower run config
+    (``config-file`` and optional ``overrides`` separated by ';')."""
+    from training.federation.coordinator import run_coordinator
+    from training.federation.runconfig import load_run_config
+
+    rc = context.run_config
+    overrides = [o for o in str(rc.get("overrides", "")).split(";") if o.strip()]
+    run_cfg = load_run_config(Path(str(rc["config-file"])), overrides)
+    run_coordinator(grid, run_cfg)

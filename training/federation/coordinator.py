@@ -1,0 +1,116 @@
+"""The coordinator's round loop: FedAvg over the sites, checkpoint every round, metrics, resume.
+
+Run directory layout (``run_dir`` in the config)::
+
+    config.yaml                  the resolved run configuration
+    checkpoints/round_NNN.npz    shared weights after each round (the coordinator's only state)
+    metrics.jsonl                one JSON record per round: per-site train and validation metrics,
+                                 held-out metrics, seconds
+    sites/<site>/                each site's private state in simulation (deployment: the node's state-dir)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import yaml
+from flwr.app import MetricRecord
+from flwr.serverapp import Grid
+
+from training.federation.family import Arrays
+from training.federation.records import from_record, load_arrays, save_arrays, to_record
+from training.federation.registry import family_from_yaml
+from training.federation.strategy import SiteFedAvg, describe
+
+log = logging.getLogger(__name__)
+_CKPT = re.compile(r"round_(\d{3,})\.npz$")
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    """(round, path) of the newest checkpoint in ``run_dir/checkpoints``, or None."""
+    found = []
+    for p in (Path(run_dir) / "checkpoints").glob("round_*.npz"):
+        m = _CKPT.search(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return max(found) if found else None
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """All round records of ``run_dir/metrics.jsonl`` (empty if none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_metrics(run_dir: Path, last_round: int) -> None:
+    rows = [r for r in read_metrics(run_dir) if r["round"] <= last_round]
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.exists():
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
+    """Run (or resume) the rounds of ``run_cfg``; return the final shared weights.
+
+    ``progress``: optional callable ``(round, record)`` called after every round (progress bars).
+    """
+    text = yaml.safe_dump(run_cfg, sort_keys=True)
+    family = family_from_yaml(text)
+    run_dir = Path(run_cfg["run_dir"])
+    total_rounds = int(run_cfg["federation"]["rounds"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(text)
+
+    arrays = family.initial_arrays()
+    offset = 0
+    found = latest_checkpoint(run_dir) if run_cfg["federation"].get("resume", True) else None
+    if found is not None:
+        offset, path = found
+        arrays = load_arrays(path)
+        log.info("resuming from round %d (%s)", offset, path.name)
+    _truncate_metrics(run_dir, offset)
+    if offset >= total_rounds:
+        log.info("all %d rounds already done", total_rounds)
+        return arrays
+
+    strategy = SiteFedAvg(describe(arrays), text, offset, len(family.train_sites),
+                          evaluate_sites=bool(run_cfg["federation"].get("evaluate_sites", True)))
+    t_round = [time.perf_counter()]
+
+    def evaluate(server_round: int, record) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        g = offset + server_round
+        shared = from_record(record)
+        save_arrays(shared, run_dir / "checkpoints" / f"round_{g:03d}.npz")
+        heldout = family.evaluate_heldout(shared)
+        family.write_artifacts(shared, g, run_dir)
+        now = time.perf_counter()
+        row = {
+            "round": g,
+            "seconds": round(now - t_round[0], 2),
+            "train": strategy.site_train_metrics.get(g, {}),
+            "val": strategy.site_eval_metrics.get(g, {}),
+            "heldout": heldout,
+        }
+        t_round[0] = now
+        with open(run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if progress is not None:
+            progress(g, row)
+        return MetricRecord({k: float(v) for k, v in heldout.items()}) if heldout else None
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=to_record(arrays),
+        num_rounds=total_rounds - offset,
+        timeout=float(run_cfg["federation"].get("round_timeout_s", 3600)),
+        evaluate_fn=evaluate,
+    )
+    return from_record(result.arrays)

@@ -1,0 +1,77 @@
+"""What a model family must provide to be trained by the federation layer."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class SiteUpdate:
+    """The result of one site's local training in one round.
+
+    Attributes
+    ----------
+    arrays : the shared weights after local training (generator parameters only) — the only tensors
+        that leave the site.
+    num_examples : number of training examples used this round (FedAvg weight).
+    metrics : scalar training metrics (losses, epsilon, ...).
+    """
+
+    arrays: Arrays
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Family(ABC):
+    """A model family trained across sites: reconstruction or synthesis.
+
+    The federation layer calls these methods; a family never talks to Flower itself, so its training
+    loops are plain PyTorch and can be tested without any federation.
+    """
+
+    #: name used in config files (``family: recon``)
+    name: str = ""
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, data: dict) -> Family:
+        """Build the family from a plain configuration dict (validated; ConfigError on mistakes)."""
+
+    @abstractmethod
+    def config_dict(self) -> dict:
+        """The validated configuration with every default filled in, as a plain dict."""
+
+    @property
+    @abstractmethod
+    def train_sites(self) -> tuple[str, ...]:
+        """Sites that take part in training, in partition order (partition-id i is train_sites[i])."""
+
+    @abstractmethod
+    def initial_arrays(self) -> Arrays:
+        """Freshly initialised shared weights (deterministic for a given config seed)."""
+
+    @abstractmethod
+    def train_site(self, site: str, arrays: Arrays, server_round: int, state_dir: Path) -> SiteUpdate:
+        """Train locally at ``site`` starting from ``arrays``.
+
+        ``state_dir`` is the site's private directory: critics, discriminators, optimiser states and
+        privacy accountants are read from and written to it, keyed by ``server_round`` so that a
+        resumed run continues exactly where it stopped.
+        """
+
+    @abstractmethod
+    def evaluate_site(self, site: str, arrays: Arrays) -> dict[str, float]:
+        """Metrics of the shared model on ``site``'s validation split (only numbers leave the site)."""
+
+    @abstractmethod
+    def evaluate_heldout(self, arrays: Arrays) -> dict[str, float]:
+        """Metrics on the held-out site or subjects (run by the coordinator); may be empty."""
+
+    def write_artifacts(self, arrays: Arrays, server_round: int, run_dir: Path) -> None:  # noqa: B027
+        """Optional per-round artefacts (sample image grids, ...) written by the coordinator."""

@@ -1,0 +1,197 @@
+"""The reconstruction family as the federation layer sees it (:class:`~training.federation.family.Family`).
+
+What leaves a site: the generator's ``state_dict`` (parameters only; no BatchNorm, so no buffers).
+What stays: the WGAN critic, both Adam states and the batch counter, in ``state_dir/state_round_NNN.pt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from mrcore.config import build, to_dict
+from mrcore.data.base import SliceSource
+from mrcore.data.sources import open_source
+from training.federation.family import Arrays, Family, SiteUpdate
+from training.models import build_critic, build_generator
+from training.recon.config import ReconRunConfig
+from training.recon.data import ReconSlices, split_by_subject, spread
+from training.recon.loop import reconstruct, train_epoch, volume_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(tuple(int(p) for p in parts)).generate_state(1)[0])
+
+
+class ReconFamily(Family):
+    """Federated unrolled reconstruction (Lei et al. generator/critic, FL-MR FedAvg)."""
+
+    name = "recon"
+
+    def __init__(self, cfg: ReconRunConfig) -> None:
+        self.cfg = cfg
+        self._datasets: dict[tuple[str, str], ReconSlices] = {}
+
+    # -- configuration --------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict) -> ReconFamily:
+        return cls(build(ReconRunConfig, data))
+
+    def config_dict(self) -> dict:
+        return to_dict(self.cfg)
+
+    @property
+    def train_sites(self) -> tuple[str, ...]:
+        return tuple(self.cfg.data.train_sites)
+
+    @cached_property
+    def source(self) -> SliceSource:
+        d = self.cfg.data
+        sites = tuple(d.train_sites) + ((d.heldout_site,) if d.heldout_site else ())
+        src_cfg = d.source
+        if src_cfg.kind == "phantom":
+            src_cfg = replace(src_cfg, sites=sites)
+        source = open_source(src_cfg)
+        for s in sites:
+            source.check_site(s)
+            for c in d.contrasts:
+                source.check_contrast(s, c)
+        return source
+
+    # -- models ---------------------------------------------------------------------------------
+    def new_generator(self, fft_backend: str = "torch") -> torch.nn.Module:
+        m = self.cfg.model
+        kwargs = {"chans": m.chans, "estimate_maps": m.estimate_maps, "sens_chans": m.sens_chans,
+                  "fft_backend": fft_backend}
+        if m.generator == "unrolled":
+            kwargs.update(num_cascades=m.num_cascades, num_res_blocks=m.num_res_blocks)
+        elif m.generator == "plain":
+            kwargs.update(num_res_blocks=max(m.num_res_blocks, 5))
+        return build_generator(m.generator, **kwargs)
+
+    def generator_from(self, arrays: Arrays, fft_backend: str = "torch") -> torch.nn.Module:
+        g = self.new_generator(fft_backend)
+        g.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+        return g
+
+    def initial_arrays(self) -> Arrays:
+        torch.manual_seed(self.cfg.seed)
+        return {k: v.detach().numpy().copy() for k, v in self.new_generator().state_dict().items()}
+
+    # -- data -----------------------------------------------------------------------------------
+    def dataset(self, site: str, split: str) -> ReconSlices:
+        """``split`` in {'train', 'labels', 'val', 'heldout'}: 'labels' are the unpaired label subjects."""
+        key = (site, split)
+        if key not in self._datasets:
+            d = self.cfg.data
+            if split == "heldout":
+                indices = spread(tuple(range(self.source.num_slices(site))), d.max_eval_slices)
+            else:
+                sp = split_by_subject(self.source, site, d.val_subjects)
+                if split == "val":
+                    indices = spread(sp.val, d.max_eval_slices)
+                else:
+                    train = spread(sp.train, int(d.site_train_slices.get(site, d.max_train_slices)))
+                    if self.cfg.objective.kind == "unpaired":
+                        half = self._unpaired_halves(site, train)
+                        train = half[0] if split == "train" else half[1]
+                    indices = train
+            self._datasets[key] = ReconSlices(
+                self.source, site, indices, tuple(d.contrasts), d.num_coils, self.cfg.mask,
+                seed=_seed(self.cfg.seed, self.source.sites.index(site)), train=split in ("train", "labels"),
+            )
+        return self._datasets[key]
+
+    def _unpaired_halves(self, site: str, train: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Unpaired training: inputs from one half of the training subjects, labels from the other."""
+        subjects = []
+        for i in train:
+            s = self.source.subject(site, i)
+            if s not in subjects:
+                subjects.append(s)
+        if len(subjects) < 2:
+            raise ValueError(f"unpaired training at site {site!r} needs at least 2 training subjects")
+        label_subjects = set(subjects[len(subjects) // 2:])
+        inputs = tuple(i for i in train if self.source.subject(site, i) not in label_subjects)
+        labels = tuple(i for i in train if self.source.subject(site, i) in label_subjects)
+        return inputs, labels
+
+    # -- federation hooks -----------------------------------------------------------------------
+    def train_site(self, site: str, arrays: Arrays, server_round: int, state_dir: Path) -> SiteUpdate:
+        t0 = time.perf_counter()
+        cfg, obj = self.cfg, self.cfg.objective
+        site_no = self.train_sites.index(site)
+        torch.manual_seed(_seed(cfg.seed, site_no, server_round))
+        generator = self.generator_from(arrays)
+        adversarial = obj.kind in ("unpaired", "hybrid")
+        critic = build_critic(in_channels=1) if adversarial else None
+        opt_g = torch.optim.Adam(generator.parameters(), lr=obj.lr, betas=tuple(obj.betas))
+        opt_c = torch.optim.Adam(critic.parameters(), lr=obj.lr, betas=tuple(obj.betas)) if critic else None
+        step = 0
+        previous = state_dir / f"state_round_{server_round - 1:03d}.pt"
+        if previous.exists():
+            state = torch.load(previous, weights_only=True)
+            opt_g.load_state_dict(state["opt_g"])
+            step = int(state["step"])
+            if critic is not None and "critic" in state:
+                critic.load_state_dict(state["critic"])
+                opt_c.load_state_dict(state["opt_c"])
+        train = self.dataset(site, "train")
+        labels = self.dataset(site, "labels") if obj.kind == "unpaired" else None
+        loader_seed = torch.Generator().manual_seed(_seed(cfg.seed, site_no, server_round, 7))
+        logs: dict[str, float] = {}
+        for e in range(cfg.federation.local_epochs):
+            epoch = (server_round - 1) * cfg.federation.local_epochs + e
+            train.set_epoch(epoch)
+            loader = DataLoader(train, batch_size=obj.batch_size, shuffle=True, generator=loader_seed)
+            label_loader = None
+            if labels is not None:
+                labels.set_epoch(epoch)
+                label_loader = DataLoader(labels, batch_size=obj.batch_size, shuffle=True, generator=loader_seed)
+            step, logs = train_epoch(generator, critic, opt_g, opt_c, loader, obj, step, label_loader)
+        state = {"opt_g": opt_g.state_dict(), "step": step}
+        if critic is not None:
+            state.update(critic=critic.state_dict(), opt_c=opt_c.state_dict())
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = state_dir / f".state_round_{server_round:03d}.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(state_dir / f"state_round_{server_round:03d}.pt")
+        for old in state_dir.glob("state_round_*.pt"):
+            if int(old.stem.split("_")[-1]) < server_round - 1:
+                old.unlink()
+        out = {k: v.detach().numpy().copy() for k, v in generator.state_dict().items()}
+        logs["seconds"] = time.perf_counter() - t0
+        return SiteUpdate(out, num_examples=len(train), metrics=logs)
+
+    def _evaluate(self, arrays: Arrays, site: str, split: str) -> dict[str, float]:
+        ds = self.dataset(site, split)
+        generator = self.generator_from(arrays)
+        out, _, target, subjects = reconstruct(generator, DataLoader(ds, batch_size=4))
+        return volume_metrics(out, target, subjects)
+
+    def evaluate_site(self, site: str, arrays: Arrays) -> dict[str, float]:
+        return self._evaluate(arrays, site, "val")
+
+    def evaluate_heldout(self, arrays: Arrays) -> dict[str, float]:
+        site = self.cfg.data.heldout_site
+        return self._evaluate(arrays, site, "heldout") if site else {}
+
+    def write_artifacts(self, arrays: Arrays, server_round: int, run_dir: Path) -> None:
+        from training.recon.plots import plot_samples
+
+        site = self.cfg.data.heldout_site or self.train_sites[0]
+        split = "heldout" if self.cfg.data.heldout_site else "val"
+        ds = self.dataset(site, split)
+        sub = torch.utils.data.Subset(ds, list(range(min(3, len(ds)))))
+        out, zf, target, _ = reconstruct(self.generator_from(arrays), DataLoader(sub, batch_size=3))
+        plot_samples(zf, out, target, run_dir / "plots" / "samples.png",
+                     title=f"{site}, round {server_round}, R={self.cfg.mask.acceleration:g}")

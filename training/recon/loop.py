@@ -1,0 +1,116 @@
+"""Local training and evaluation loops of the reconstruction family (plain PyTorch, no federation).
+
+Objectives (Lei et al.):
+
+* ``paired``: ``L1(|G(x)|, y)``;
+* ``unpaired``: WGAN-GP — the critic compares ``|G(x)|`` with magnitude labels of *other* subjects,
+  the generator minimises ``-E[D(|G(x)|)]`` (data consistency inside G anchors it to the measurements);
+* ``hybrid``: ``-(1 - lambda) E[D(|G(x)|)] + lambda L1``, lambda = 1 for the first batches, then linear
+  to ``lambda_max`` (:class:`~training.objectives.HybridSchedule`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mrcore.metrics import nmse, psnr, ssim
+from training.models import magnitude
+from training.objectives import HybridSchedule, critic_loss, generator_adversarial_loss, l1_loss
+from training.recon.config import ObjectiveConfig
+
+
+def critic_view(mag: torch.Tensor) -> torch.Tensor:
+    """Critic input: magnitude ``[B, H, W]`` -> ``[B, 1, H, W]`` divided by its per-sample mean, so the
+    critic judges structure and texture, not the site's arbitrary intensity scale."""
+    return (mag / (mag.flatten(1).mean(dim=1).reshape(-1, 1, 1) + 1e-8)).unsqueeze(1)
+
+
+def _cycle(loader: DataLoader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def train_epoch(
+    generator: nn.Module,
+    critic: nn.Module | None,
+    opt_g: torch.optim.Optimizer,
+    opt_c: torch.optim.Optimizer | None,
+    loader: DataLoader,
+    objective: ObjectiveConfig,
+    step: int,
+    label_loader: DataLoader | None = None,
+) -> tuple[int, dict[str, float]]:
+    """One pass over ``loader``; returns the new batch counter and mean losses.
+
+    ``step`` is the site's running batch counter (drives the hybrid schedule); ``label_loader``
+    provides the unpaired magnitude labels (``target`` of other subjects).
+    """
+    schedule = HybridSchedule(objective.pure_l1_batches, objective.ramp_batches, objective.lambda_max)
+    labels = _cycle(label_loader) if label_loader is not None else None
+    sums: dict[str, float] = {}
+    count = 0
+    generator.train()
+    for batch in loader:
+        fake = magnitude(generator(batch["kspace"], batch["mask"]), eps=1e-12)
+        logs: dict[str, float] = {}
+        if objective.kind == "paired":
+            loss = l1_loss(fake, batch["target"])
+            logs["l1"] = float(loss.detach())
+        else:
+            assert critic is not None and opt_c is not None
+            real = next(labels)["target"] if objective.kind == "unpaired" else batch["target"]
+            for _ in range(objective.critic_steps):
+                opt_c.zero_grad(set_to_none=True)
+                lc = critic_loss(critic, critic_view(real), critic_view(fake.detach()), objective.gp_eta)
+                lc.backward()
+                opt_c.step()
+            logs["critic"] = float(lc.detach())
+            adv = generator_adversarial_loss(critic, critic_view(fake))
+            if objective.kind == "unpaired":
+                loss = adv
+            else:
+                lam = schedule(step)
+                l1 = l1_loss(fake, batch["target"])
+                loss = (1.0 - lam) * adv + lam * l1
+                logs["l1"], logs["lambda"] = float(l1.detach()), lam
+            logs["adv"] = float(adv.detach())
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        logs["loss"] = float(loss.detach())
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count += 1
+        step += 1
+    return step, {k: v / max(count, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def reconstruct(generator: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run ``generator`` over ``loader``: (outputs, zero-filled, targets, subject ids), magnitudes [N, H, W]."""
+    from mrcore import torch_ops as ops
+
+    generator.eval()
+    outs, zfs, targets, subjects = [], [], [], []
+    for batch in loader:
+        outs.append(magnitude(generator(batch["kspace"], batch["mask"])).numpy())
+        zfs.append(ops.rss(ops.ifft2c(batch["kspace"]), dim=1).numpy())
+        targets.append(batch["target"].numpy())
+        subjects.append(batch["subject"].numpy())
+    return np.concatenate(outs), np.concatenate(zfs), np.concatenate(targets), np.concatenate(subjects)
+
+
+def volume_metrics(pred: np.ndarray, target: np.ndarray, subjects: np.ndarray) -> dict[str, float]:
+    """fastMRI-style metrics: per subject volume (data range = volume max), averaged over subjects."""
+    rows = []
+    for s in np.unique(subjects):
+        sel = subjects == s
+        gt, pr = target[sel], pred[sel]
+        rows.append((psnr(gt, pr), ssim(gt, pr), nmse(gt, pr)))
+    arr = np.asarray(rows, dtype=np.float64)
+    return {"psnr": float(arr[:, 0].mean()), "ssim": float(arr[:, 1].mean()), "nmse": float(arr[:, 2].mean())}
