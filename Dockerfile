@@ -21,6 +21,7 @@ COPY serving serving
 COPY dicom_node dicom_node
 COPY model_repository model_repository
 COPY configs configs
+COPY deploy deploy
 
 # torch is only needed for training; the serving image keeps it pinned to the CPU wheel all the same.
 RUN python3 -m venv /opt/venv \

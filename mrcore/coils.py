@@ -30,7 +30,7 @@ def _check_float(name: str, value, low: float, high: float | None = None) -> flo
     return float(value)
 
 
-def simulate_coil_maps(shape: Sequence[int], num_coils: int, seed: int = 0, relative_radius: float = 1.5,
+def simulate_coil_maps(shape: Sequence[int], num_coils: int, seed: int = 0, relative_radius: float = 1.2,
                        phase_order: int = 2) -> np.ndarray:
     """Birdcage coil sensitivities with a smooth random phase, normalised to ``sum_c |S_c|^2 == 1``.
 

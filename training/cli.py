@@ -59,8 +59,14 @@ def federated(
         import shutil
 
         shutil.rmtree(run_dir)
+    from training.federation.coordinator import RunMismatch, check_same_run
+
+    try:
+        check_same_run(run_dir, run_cfg)
+    except RunMismatch as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config/--set/--fresh") from exc
     family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
-    _ = family.source  # validate sites/contrasts and build the data cache before any process starts
+    family.prepare()  # validate sites/contrasts and build the data cache before any process starts
     total = int(run_cfg["federation"]["rounds"])
     done = latest_checkpoint(run_dir)
     start = done[0] if done else 0
@@ -104,3 +110,59 @@ def write_summaries(run_dir: Path, rows: list[dict]) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app()
+
+
+@app.command("evaluate-recon")
+def evaluate_recon(
+    config: Path = CONFIG_OPT,
+    set_: list[str] = SET_OPT,
+    model: list[str] = typer.Option([], "--model", "-m", help="NAME=RUN_DIR of a trained run (repeatable); its last checkpoint is used."),
+    out: Path = typer.Option(Path("docs/recon_results.md"), help="Markdown table to write."),
+    cs: bool = typer.Option(True, help="Include the compressed-sensing baseline (slow: ESPIRiT + L1-wavelet per slice)."),
+) -> None:
+    """Seed-style tables: zero-filled, CS-wavelet and each trained model, on the held-out site (Scenario 1)
+    and on every training site's validation subjects (Scenario 2); test data and masks from --config."""
+    import sys
+
+    from benchmarks.common import markdown_table, write_report
+    from training.federation.coordinator import latest_checkpoint
+    from training.federation.records import load_arrays
+    from training.federation.registry import family_from_yaml
+    from training.recon.evaluate import evaluate_split, tune_cs_lambda
+
+    run_cfg = _load(config, set_)
+    family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
+    models = {}
+    for item in model:
+        if "=" not in item:
+            raise typer.BadParameter(f"--model must be NAME=RUN_DIR, got {item!r}")
+        name, run_dir = item.split("=", 1)
+        found = latest_checkpoint(Path(run_dir))
+        if found is None:
+            raise typer.BadParameter(f"--model {name}: no checkpoint in {run_dir}/checkpoints")
+        trained = family_from_yaml((Path(run_dir) / "config.yaml").read_text())
+        models[name] = (trained, load_arrays(found[1]), found[0])
+    lam = tune_cs_lambda(family) if cs else None
+    splits = ([(family.cfg.data.heldout_site, "heldout", "Scenario 1: unseen site")] if family.cfg.data.heldout_site else [])
+    splits += [(s, "val", "Scenario 2: own site") for s in family.train_sites]
+    rows = []
+    for site, split, scenario in splits:
+        results = evaluate_split(family, site, split, cs_lambda=lam)
+        for name, (trained, arrays, _) in models.items():
+            # the trained run's architecture, the evaluation config's data and masks
+            net = trained.generator_from(arrays)
+            results[name] = evaluate_split(family, site, split, generator=net, progress=False)["model"]
+        for method, m in results.items():
+            rows.append([scenario, site, method, m["psnr"], m["ssim"], m["nmse"]])
+        typer.echo(f"{site} ({split}): " + ", ".join(f"{k} {v['psnr']:.2f} dB/{v['ssim']:.3f}" for k, v in results.items()))
+    d = run_cfg["data"]
+    body = (
+        f"Test data: {d['source']['kind']} {d['source']['matrix']}, {d['num_coils']} coils, contrasts {d['contrasts']}, "
+        f"{run_cfg['mask']['kind']} mask R={run_cfg['mask']['acceleration']:g} (centre {run_cfg['mask']['center_fraction']:g}). "
+        f"Metrics per subject volume (fastMRI: data range = volume max), mean over subjects. "
+        + (f"CS: SigPy L1-wavelet, 30 iterations, ESPIRiT maps per slice, lambda={lam:g} chosen on training-site validation slices.\n\n" if lam else "\n\n")
+        + "Models: " + ", ".join(f"`{n}` = {Path(m[0].cfg.run_dir)} round {m[2]}" for n, m in models.items()) + "\n\n"
+        + markdown_table(["scenario", "test site", "method", "PSNR (dB)", "SSIM", "NMSE"], rows)
+    )
+    write_report(out, "Reconstruction results", "mri-train " + " ".join(sys.argv[1:]), body)
+    typer.echo(f"wrote {out}")

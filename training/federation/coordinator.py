@@ -55,6 +55,34 @@ def _truncate_metrics(run_dir: Path, last_round: int) -> None:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+#: keys that may change between an interrupted run and its resumption
+RESUMABLE_KEYS = ("rounds", "resume", "round_timeout_s", "evaluate_sites")
+
+
+class RunMismatch(ValueError):
+    """``run_dir`` holds checkpoints of a run with another configuration."""
+
+
+def check_same_run(run_dir: Path, run_cfg: dict) -> None:
+    """Refuse to resume checkpoints that were trained with a different configuration."""
+    saved_file = Path(run_dir) / "config.yaml"
+    if not saved_file.exists() or latest_checkpoint(run_dir) is None:
+        return
+
+    def strip(cfg: dict) -> dict:
+        cfg = {k: v for k, v in cfg.items()}
+        cfg["federation"] = {k: v for k, v in cfg.get("federation", {}).items() if k not in RESUMABLE_KEYS}
+        return cfg
+
+    saved = yaml.safe_load(saved_file.read_text())
+    if strip(saved) != strip(run_cfg):
+        changed = sorted(k for k in set(saved) | set(run_cfg) if strip(saved).get(k) != strip(run_cfg).get(k))
+        raise RunMismatch(
+            f"{run_dir} holds checkpoints of a run with a different configuration (changed: {', '.join(changed)}); "
+            "start over with --fresh or choose another run_dir"
+        )
+
+
 def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
     """Run (or resume) the rounds of ``run_cfg``; return the final shared weights.
 
@@ -65,6 +93,7 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
     run_dir = Path(run_cfg["run_dir"])
     total_rounds = int(run_cfg["federation"]["rounds"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_same_run(run_dir, run_cfg)
     (run_dir / "config.yaml").write_text(text)
 
     arrays = family.initial_arrays()

@@ -73,5 +73,8 @@ class Family(ABC):
     def evaluate_heldout(self, arrays: Arrays) -> dict[str, float]:
         """Metrics on the held-out site or subjects (run by the coordinator); may be empty."""
 
+    def prepare(self) -> None:  # noqa: B027
+        """Optional: build data caches up front, before the sites' processes start (in the coordinator)."""
+
     def write_artifacts(self, arrays: Arrays, server_round: int, run_dir: Path) -> None:  # noqa: B027
         """Optional per-round artefacts (sample image grids, ...) written by the coordinator."""

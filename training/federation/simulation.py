@@ -32,7 +32,8 @@ from training.federation.registry import family_from_yaml  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-def simulate(run_cfg: dict, progress: Callable[[int, dict], None] | None = None, num_cpus: int | None = None) -> None:
+def simulate(run_cfg: dict, progress: Callable[[int, dict], None] | None = None, num_cpus: int | None = None,
+             verbose: bool = False) -> None:
     """Run (or resume) the federated run ``run_cfg`` with one simulated supernode per training site."""
     import yaml
 
@@ -48,6 +49,8 @@ def simulate(run_cfg: dict, progress: Callable[[int, dict], None] | None = None,
             failure.append(exc)
             raise
 
+    if not verbose:  # Flower logs every message at INFO/DEBUG; the CLI shows a progress bar instead
+        logging.getLogger("flwr").setLevel(logging.WARNING)
     cpus = num_cpus or os.cpu_count() or 1
     run_simulation(
         server_app=server_app,

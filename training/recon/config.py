@@ -16,13 +16,14 @@ class ReconDataConfig:
     """Which slices each site trains on."""
 
     source: DataConfig = field(default_factory=lambda: DataConfig(matrix=(128, 128), subjects_per_site=8, slices_per_subject=12))
-    train_sites: tuple[str, ...] = ("hospital-a", "hospital-b", "hospital-c")
-    heldout_site: str | None = "hospital-d"
+    train_sites: tuple[str, ...] = ("hospital-a", "hospital-b", "hospital-d")
+    heldout_site: str | None = "hospital-c"
     contrasts: tuple[str, ...] = ("T2w",)
     num_coils: int = 8
     val_subjects: int = 2            # per site, split by subject
     max_train_slices: int = 0        # per site; 0 = all
     site_train_slices: dict = field(default_factory=dict)  # site -> limit, overrides max_train_slices
+    pooled: bool = False             # centralized 'Mix' upper bound: the training sites' data pooled in one site
     max_eval_slices: int = 24        # per site, for validation / held-out metrics
 
     def __post_init__(self) -> None:

@@ -84,6 +84,25 @@ class ReconSlices(Dataset):
         self.axis = int(getattr(source, "phase_encode_axis", -2))  # fastMRI raw data: -1
         self._fixed_masks: dict[int, torch.Tensor] = {}
 
+    @classmethod
+    def concat(cls, parts: list[ReconSlices]) -> ReconSlices:
+        """One dataset holding all ``parts`` (centralized training, the 'Mix' upper bound)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        shapes = {tuple(p.kspace.shape[1:]) for p in parts}
+        if len(shapes) != 1:
+            raise ValueError(f"cannot pool sites with different k-space shapes {sorted(shapes)}")
+        out = cls.__new__(cls)
+        first = parts[0]
+        out.mask_cfg, out.seed, out.train, out.epoch, out.shape, out.axis = (
+            first.mask_cfg, first.seed, first.train, 0, first.shape, first.axis)
+        out.kspace = torch.cat([p.kspace for p in parts])
+        out.target = torch.cat([p.target for p in parts])
+        offsets = np.cumsum([0] + [int(p.subject.max()) + 1 for p in parts[:-1]])
+        out.subject = torch.cat([p.subject + int(o) for p, o in zip(parts, offsets)])
+        out._fixed_masks = {}
+        return out
+
     def __len__(self) -> int:
         return int(self.kspace.shape[0])
 

@@ -49,9 +49,12 @@ class ReconFamily(Family):
     def config_dict(self) -> dict:
         return to_dict(self.cfg)
 
+    #: the single site of a centralized run (``data.pooled``): every training site's data in one place
+    POOLED = "pooled"
+
     @property
     def train_sites(self) -> tuple[str, ...]:
-        return tuple(self.cfg.data.train_sites)
+        return (self.POOLED,) if self.cfg.data.pooled else tuple(self.cfg.data.train_sites)
 
     @cached_property
     def source(self) -> SliceSource:
@@ -66,6 +69,12 @@ class ReconFamily(Family):
             for c in d.contrasts:
                 source.check_contrast(s, c)
         return source
+
+    def prepare(self) -> None:
+        """Generate or load every site's data now (the phantom cache), so the sites only read it."""
+        prepare = getattr(self.source, "prepare", None)
+        if prepare is not None:
+            prepare()
 
     # -- models ---------------------------------------------------------------------------------
     def new_generator(self, fft_backend: str = "torch") -> torch.nn.Module:
@@ -91,6 +100,8 @@ class ReconFamily(Family):
     def dataset(self, site: str, split: str) -> ReconSlices:
         """``split`` in {'train', 'labels', 'val', 'heldout'}: 'labels' are the unpaired label subjects."""
         key = (site, split)
+        if site == self.POOLED and key not in self._datasets:
+            self._datasets[key] = ReconSlices.concat([self.dataset(s, split) for s in self.cfg.data.train_sites])
         if key not in self._datasets:
             d = self.cfg.data
             if split == "heldout":
@@ -129,7 +140,7 @@ class ReconFamily(Family):
     def train_site(self, site: str, arrays: Arrays, server_round: int, state_dir: Path) -> SiteUpdate:
         t0 = time.perf_counter()
         cfg, obj = self.cfg, self.cfg.objective
-        site_no = self.train_sites.index(site)
+        site_no = self.train_sites.index(site)  # pooled: 0
         torch.manual_seed(_seed(cfg.seed, site_no, server_round))
         generator = self.generator_from(arrays)
         adversarial = obj.kind in ("unpaired", "hybrid")

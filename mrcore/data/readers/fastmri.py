@@ -37,8 +37,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mrcore.data.base import CONTRASTS, KSpaceSlice, SliceSource
-from mrcore.fft import ifft2c
+from mrcore.data.base import CONTRASTS, KSpaceSlice
+from mrcore.data.readers.indexed import IndexedFileSource, rss
 from mrcore.validate import check_choice
 
 __all__ = ["FASTMRI_ACQUISITIONS", "FastMRISource", "contrast_of_acquisition", "rss"]
@@ -55,12 +55,6 @@ FASTMRI_ACQUISITIONS: dict[str, str] = {
 }
 
 _SUFFIXES = (".h5", ".hdf5")
-
-
-def rss(coil_images: np.ndarray) -> np.ndarray:
-    """Root-sum-of-squares over the coil axis: complex [coils, y, x] -> float32 [y, x]."""
-    c = np.asarray(coil_images)
-    return np.sqrt(np.sum(np.abs(c) ** 2, axis=0)).astype(np.float32)
 
 
 def contrast_of_acquisition(
@@ -129,7 +123,7 @@ def _site_of(path: Path, site: str | Mapping[str, str], what: str) -> str:
     raise ValueError(f"{what}: {path} has no entry in the site mapping (keys are file names or stems)")
 
 
-class FastMRISource(SliceSource):
+class FastMRISource(IndexedFileSource[_File]):
     """Slices of fastMRI HDF5 files.
 
     Parameters
@@ -148,6 +142,7 @@ class FastMRISource(SliceSource):
 
     #: axis of the k-space arrays along which lines are phase encoded (masks apply there); fastMRI: last.
     phase_encode_axis: int = -1
+    _format_name = "fastMRI"
 
     def __init__(
         self,
@@ -182,14 +177,8 @@ class FastMRISource(SliceSource):
                 + (f" with contrasts {', '.join(contrasts)}" if contrasts else "")
             )
 
-        self._sites = tuple(sorted({f.site for f in files}))
         # per site: list of (file, slice) in file-name order
-        self._index: dict[str, list[tuple[_File, int]]] = {s: [] for s in self._sites}
-        for f in files:
-            self._index[f.site].extend((f, i) for i in range(f.num_slices))
-        self._contrasts = {
-            s: tuple(c for c in CONTRASTS if any(f.contrast == c for f, _ in self._index[s])) for s in self._sites
-        }
+        self._index_files(files)
 
     # --- construction helpers ------------------------------------------------------------------
     @staticmethod
@@ -220,62 +209,21 @@ class FastMRISource(SliceSource):
             has_rss = "reconstruction_rss" in f
             return contrast, int(ks.shape[0]), ks.ndim == 4, has_rss
 
-    def _entry(self, site: str, index: int) -> tuple[_File, int]:
-        self.check_index(site, index)
-        return self._index[site][int(index)]
-
-    def _check_slice_contrast(self, site: str, index: int, contrast: str) -> tuple[_File, int]:
-        self.check_contrast(site, contrast)
-        f, s = self._entry(site, index)
-        if f.contrast != contrast:
-            raise ValueError(
-                f"slice {index} at site {site!r} is {f.contrast!r}, not {contrast!r} (fastMRI files hold one "
-                f"contrast each; use slice_contrast() or FastMRISource(..., contrasts=[{contrast!r}]))"
-            )
-        return f, s
-
-    @staticmethod
-    def _read_kspace(f: _File, s: int) -> np.ndarray:
+    def _read_kspace(self, f: _File, s: int) -> np.ndarray:
         with h5py.File(f.path, "r") as h:
             k = np.asarray(h["kspace"][s])
         if not f.multicoil:
             k = k[None]
         return k.astype(np.complex64, copy=False)
 
-    # --- SliceSource -----------------------------------------------------------------------------
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return self._sites
-
-    def contrasts(self, site: str) -> tuple[str, ...]:
-        self.check_site(site)
-        return self._contrasts[site]
-
-    def num_slices(self, site: str) -> int:
-        self.check_site(site)
-        return len(self._index[site])
-
-    def subject(self, site: str, index: int) -> str:
-        return self._entry(site, index)[0].subject
-
-    def slice_contrast(self, site: str, index: int) -> str:
-        """The contrast of slice ``index`` (the only one :meth:`image` / :meth:`kspace` accept for it)."""
-        return self._entry(site, index)[0].contrast
-
-    def path(self, site: str, index: int) -> Path:
-        """File holding slice ``index``."""
-        return self._entry(site, index)[0].path
-
+    # --- SliceSource (the rest from IndexedFileSource) -------------------------------------------
     def image(self, site: str, index: int, contrast: str) -> np.ndarray:
         """RSS of ``ifft2c`` of the full stored k-space: float32 [ky, kx]-sized (not the 320x320 crop)."""
-        f, s = self._check_slice_contrast(site, index, contrast)
-        return rss(ifft2c(self._read_kspace(f, s)))
+        return super().image(site, index, contrast)
 
     def kspace(self, site: str, index: int, contrast: str, num_coils: int = 8) -> KSpaceSlice:
         """The stored k-space (``num_coils`` is ignored), target = RSS of its ``ifft2c``, ``maps=None``."""
-        f, s = self._check_slice_contrast(site, index, contrast)
-        k = self._read_kspace(f, s)
-        return KSpaceSlice(kspace=k, target=rss(ifft2c(k)), maps=None, site=site, subject=f.subject, contrast=contrast)
+        return super().kspace(site, index, contrast, num_coils)
 
     def reconstruction_rss(self, site: str, index: int) -> np.ndarray | None:
         """fastMRI's stored ``reconstruction_rss`` slice (float32, usually 320x320), or ``None`` if absent."""

@@ -45,9 +45,9 @@ import ismrmrd
 import ismrmrd.xsd
 import numpy as np
 
-from mrcore.data.base import CONTRASTS, KSpaceSlice, SliceSource
-from mrcore.data.readers.fastmri import FASTMRI_ACQUISITIONS, _list_h5, _site_of, rss
-from mrcore.fft import ifft2c
+from mrcore.data.base import CONTRASTS, KSpaceSlice
+from mrcore.data.readers.fastmri import FASTMRI_ACQUISITIONS, _list_h5, _site_of
+from mrcore.data.readers.indexed import IndexedFileSource
 from mrcore.validate import as_array, check_choice, check_complex, check_finite, check_ndim
 
 __all__ = [
@@ -333,6 +333,10 @@ class _MRDFile:
     acquisitions: tuple[np.ndarray, ...]  # per slice: acquisition numbers, imaging lines first
     calibration: tuple[np.ndarray, ...]  # per slice: bool, acquisition is parallel calibration only
 
+    @property
+    def num_slices(self) -> int:
+        return len(self.slices)
+
 
 def _read_header(path: Path, dataset: str):
     try:
@@ -357,7 +361,7 @@ def _read_header(path: Path, dataset: str):
     return header, n
 
 
-class MRDSource(SliceSource):
+class MRDSource(IndexedFileSource[_MRDFile]):
     """Slices of ISMRMRD/MRD raw-data files (Cartesian 2-D, one contrast per file).
 
     Parameters
@@ -378,6 +382,7 @@ class MRDSource(SliceSource):
     """
 
     phase_encode_axis: int = -2
+    _format_name = "MRD"
 
     def __init__(
         self,
@@ -412,13 +417,7 @@ class MRDSource(SliceSource):
         if not files:
             want = f" with contrasts {', '.join(contrasts)}" if contrasts else ""
             raise ValueError(f"{what}: no usable MRD files under {root}{want}")
-        self._sites = tuple(sorted({f.site for f in files}))
-        self._index: dict[str, list[tuple[_MRDFile, int]]] = {s: [] for s in self._sites}
-        for f in files:
-            self._index[f.site].extend((f, i) for i in range(len(f.slices)))
-        self._contrasts = {
-            s: tuple(c for c in CONTRASTS if any(f.contrast == c for f, _ in self._index[s])) for s in self._sites
-        }
+        self._index_files(files)
 
     # --- construction --------------------------------------------------------------------------
     def _inspect(self, path: Path, site: str, contrast: str | None, from_header: bool) -> _MRDFile:
@@ -483,7 +482,7 @@ class MRDSource(SliceSource):
         )
 
     # --- reading -------------------------------------------------------------------------------
-    def _assemble(self, f: _MRDFile, s: int) -> np.ndarray:
+    def _read_kspace(self, f: _MRDFile, s: int) -> np.ndarray:
         g = f.geometry
         k = np.zeros((f.num_coils, g.ny, g.nx), dtype=np.complex128)
         count = np.zeros(g.ny, dtype=np.int64)
@@ -526,54 +525,14 @@ class MRDSource(SliceSource):
             k[:, ~hit, :] = 0
         return k.astype(np.complex64)
 
-    def _entry(self, site: str, index: int) -> tuple[_MRDFile, int]:
-        self.check_index(site, index)
-        return self._index[site][int(index)]
-
-    def _checked(self, site: str, index: int, contrast: str) -> tuple[_MRDFile, int]:
-        self.check_contrast(site, contrast)
-        f, s = self._entry(site, index)
-        if f.contrast != contrast:
-            raise ValueError(
-                f"slice {index} at site {site!r} is {f.contrast!r}, not {contrast!r} (MRD files hold one contrast "
-                f"each; use slice_contrast() or MRDSource(..., contrasts=[{contrast!r}]))"
-            )
-        return f, s
-
-    # --- SliceSource -----------------------------------------------------------------------------
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return self._sites
-
-    def contrasts(self, site: str) -> tuple[str, ...]:
-        self.check_site(site)
-        return self._contrasts[site]
-
-    def num_slices(self, site: str) -> int:
-        self.check_site(site)
-        return len(self._index[site])
-
-    def subject(self, site: str, index: int) -> str:
-        return self._entry(site, index)[0].subject
-
-    def slice_contrast(self, site: str, index: int) -> str:
-        """The contrast of slice ``index`` (the only one :meth:`image` / :meth:`kspace` accept for it)."""
-        return self._entry(site, index)[0].contrast
-
-    def path(self, site: str, index: int) -> Path:
-        """File holding slice ``index``."""
-        return self._entry(site, index)[0].path
-
+    # --- SliceSource (the rest from IndexedFileSource) -------------------------------------------
     def image(self, site: str, index: int, contrast: str) -> np.ndarray:
         """RSS of ``ifft2c`` of the assembled k-space (zero-filled where lines are missing): float32 [ky, kx]."""
-        f, s = self._checked(site, index, contrast)
-        return rss(ifft2c(self._assemble(f, s)))
+        return super().image(site, index, contrast)
 
     def kspace(self, site: str, index: int, contrast: str, num_coils: int = 8) -> KSpaceSlice:
         """The acquired k-space (``num_coils`` ignored; unsampled lines zero), target = RSS of its ``ifft2c``."""
-        f, s = self._checked(site, index, contrast)
-        k = self._assemble(f, s)
-        return KSpaceSlice(kspace=k, target=rss(ifft2c(k)), maps=None, site=site, subject=f.subject, contrast=contrast)
+        return super().kspace(site, index, contrast, num_coils)
 
     def sampled_lines(self, site: str, index: int) -> np.ndarray:
         """bool [ky]: phase-encoding lines present in the file for slice ``index`` (before any cropping)."""

@@ -62,9 +62,9 @@ import numpy as np
 import scipy.ndimage
 
 from mrcore.coils import simulate_coil_maps
-from mrcore.data.base import CONTRASTS, KSpaceSlice, SliceSource
+from mrcore.data.base import CONTRASTS, KSpaceSlice
 from mrcore.data.kspace_sim import simulate_kspace, smooth_phase
-from mrcore.data.readers.fastmri import rss
+from mrcore.data.readers.indexed import IndexedSource, rss
 from mrcore.fft import ifft2c
 from mrcore.validate import check_choice
 
@@ -128,7 +128,7 @@ def _stable(*parts) -> int:
     return zlib.crc32("|".join(map(str, parts)).encode("utf-8"))
 
 
-class NiftiSource(SliceSource):
+class NiftiSource(IndexedSource[_Subject]):
     """Axial slices of NIfTI volumes in the IXI or BraTS layout; k-space simulated from the magnitudes.
 
     Parameters
@@ -395,26 +395,7 @@ class NiftiSource(SliceSource):
             self._put(key, vol)
             return vol
 
-    def _entry(self, site: str, index: int) -> tuple[_Subject, int]:
-        self.check_index(site, index)
-        return self._index[site][int(index)]
-
-    # --- SliceSource -------------------------------------------------------------------------------
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return self._sites
-
-    def contrasts(self, site: str) -> tuple[str, ...]:
-        self.check_site(site)
-        return self._contrasts[site]
-
-    def num_slices(self, site: str) -> int:
-        self.check_site(site)
-        return len(self._index[site])
-
-    def subject(self, site: str, index: int) -> str:
-        return self._entry(site, index)[0].subject
-
+    # --- SliceSource (sites, contrasts, num_slices, subject from IndexedSource) ---------------------
     def slice_position(self, site: str, index: int) -> int:
         """Index of slice ``index`` along the S axis of its subject's canonical reference volume."""
         sub, k = self._entry(site, index)

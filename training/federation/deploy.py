@@ -1,0 +1,177 @@
+"""Flower deployment mode on one machine: a SuperLink and one SuperNode per hospital, as real processes.
+
+Hospitals run the same commands on their own hosts (see ``docs/federation.md``); this module starts them
+all on localhost for an integration test or a dry run::
+
+    with LocalDeployment(workdir, {"hospital-a": state_a, "hospital-b": state_b}) as dep:
+        dep.run(Path("configs/recon.yaml"), ["federation.rounds=1"])
+
+Offline settings: no telemetry, no update check, and no runtime dependency installation (which would run
+``uv sync`` and could pull an unpinned CUDA torch). Every process is started in its own process group and
+the whole group is stopped on exit, including the SuperExec helpers Flower spawns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+APP_DIR = Path(__file__).resolve().parents[2] / "deploy" / "flwr-app"
+CONNECTION = "mri-local"
+
+
+class DeploymentError(RuntimeError):
+    """A Flower process failed to start, or a run did not complete."""
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class LocalDeployment:
+    """Start a SuperLink and SuperNodes (``sites``: site name -> private state directory) under ``workdir``."""
+
+    def __init__(self, workdir: Path, sites: dict[str, Path], start_timeout_s: float = 60.0) -> None:
+        self.workdir = Path(workdir)
+        self.sites = {k: Path(v) for k, v in sites.items()}
+        self.start_timeout_s = start_timeout_s
+        self.bin = Path(sys.executable).parent
+        self.procs: list[subprocess.Popen] = []
+        self.env = dict(os.environ)
+        self.env.update({
+            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_USAGE_STATS_ENABLED": "0",
+            "FLWR_HOME": str(self.workdir / "flwr-home"), "PYTHONUNBUFFERED": "1",
+            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        })
+
+    # -- processes ----------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        logf = open(self.workdir / f"{name}.log", "w")
+        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=self.env, start_new_session=True, cwd=self.workdir)
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> LocalDeployment:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "flwr-home").mkdir(exist_ok=True)
+        link_port, *node_ports = _free_ports(1 + len(self.sites))
+        self.link_port = link_port
+        (self.workdir / "flwr-home" / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
+        )
+        link = self._spawn("superlink", [
+            str(self.bin / "flower-superlink"), "--insecure", "--database", str(self.workdir / "superlink.db"),
+            "--host", "127.0.0.1", "--port", str(link_port), "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation",
+        ])
+        self._wait(lambda: self._healthy(link_port), link, "superlink")
+        for (site, state_dir), port in zip(self.sites.items(), node_ports):
+            state_dir.mkdir(parents=True, exist_ok=True)
+            node = self._spawn(f"supernode-{site}", [
+                str(self.bin / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                "--port", str(port), "--isolation", "subprocess",
+                "--node-config", f'site="{site}" state-dir="{state_dir}"',
+            ])
+            logfile = self.workdir / f"supernode-{site}.log"
+            self._wait(lambda f=logfile: "SuperNode ID:" in f.read_text(), node, f"supernode {site}")
+        return self
+
+    def _healthy(self, port: int) -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return True
+        except OSError:
+            return False
+
+    def _wait(self, ready, proc: subprocess.Popen, what: str) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            if proc.poll() is not None:
+                raise DeploymentError(f"{what} exited with code {proc.returncode}; see {self.workdir}")
+            time.sleep(0.2)
+        raise DeploymentError(f"{what} not ready within {self.start_timeout_s:.0f} s; see {self.workdir}")
+
+    def stop(self) -> None:
+        """SIGTERM every process group we started (and the SuperExec groups they spawned), then SIGKILL."""
+        groups = set()
+        for p in self.procs:
+            groups.add(p.pid)
+            out = subprocess.run(["pgrep", "-f", f"--parent-pid {p.pid}$"], capture_output=True, text=True)
+            groups.update(int(x) for x in out.stdout.split())
+        for g in groups:
+            try:
+                os.killpg(g, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + 15
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for g in groups:
+            try:
+                os.killpg(g, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.procs.clear()
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- runs -----------------------------------------------------------------------------------
+    def run(self, config_file: Path, overrides: list[str] = (), timeout_s: float = 900.0) -> str:
+        """Submit the run, wait until it ends, and return its final status (raises unless completed)."""
+        flwr = str(self.bin / "flwr")
+        override_text = ";".join(overrides).replace('"', '\\"')
+        args = [flwr, "run", str(APP_DIR), CONNECTION, "--format", "json", "--stream",
+                "--run-config", f'config-file="{Path(config_file).resolve()}" overrides="{override_text}"']
+        try:
+            res = subprocess.run(args, capture_output=True, text=True, env=self.env, timeout=timeout_s, cwd=self.workdir)
+        except subprocess.TimeoutExpired as exc:
+            raise DeploymentError(f"flwr run did not finish within {timeout_s:.0f} s") from exc
+        text = res.stdout
+        start = text.find("{")
+        info = json.JSONDecoder().raw_decode(text[start:])[0] if start >= 0 else {}
+        if not info.get("success"):
+            raise DeploymentError(f"flwr run was refused: {text.strip()[:500]} {res.stderr.strip()[:500]}")
+        run_id = info["run-id"]
+        ls = subprocess.run([flwr, "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+                            capture_output=True, text=True, env=self.env, cwd=self.workdir)
+        runs = json.loads(ls.stdout[ls.stdout.find("{"):]).get("runs", [])
+        status = runs[0]["status"] if runs else "unknown"
+        logs = subprocess.run([flwr, "log", str(run_id), CONNECTION, "--show"], capture_output=True, text=True,
+                              env=self.env, cwd=self.workdir)
+        (self.workdir / f"run-{run_id}.log").write_text(logs.stdout + logs.stderr)
+        if status != "finished:completed":
+            raise DeploymentError(f"run {run_id} ended with status {status}; log: {self.workdir}/run-{run_id}.log")
+        return status
