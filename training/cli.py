@@ -107,10 +107,6 @@ def write_summaries(run_dir: Path, rows: list[dict]) -> None:
                 w.writerow([r["round"], "heldout", "", *[r["heldout"].get(k, "") for k in keys]])
 
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app()
-
 
 @app.command("evaluate-recon")
 def evaluate_recon(
@@ -166,3 +162,8 @@ def evaluate_recon(
     )
     write_report(out, "Reconstruction results", "mri-train " + " ".join(sys.argv[1:]), body)
     typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()

@@ -73,3 +73,15 @@ def test_show_config_fills_defaults():
     res = runner.invoke(train_app, ["show-config", "--config", "configs/recon.yaml", "--set", "federation.rounds=2"])
     assert res.exit_code == 0, res.output
     assert "rounds: 2" in res.output and "gp_eta: 10.0" in res.output
+
+
+def test_impossible_acceleration_fails_before_training(tmp_path):
+    res = runner.invoke(train_app, [
+        "federated", "--config", "configs/recon.yaml", "--set", f"run_dir={tmp_path / 'run'}",
+        "--set", f"data.source.cache_dir={tmp_path}", "--set", "data.source.matrix=[32, 32]",
+        "--set", "data.source.subjects_per_site=3", "--set", "data.source.slices_per_subject=1",
+        "--set", "mask.center_fraction=0.5",
+    ])
+    assert res.exit_code != 0
+    assert "impossible for 32 lines" in str(res.exception) + res.output
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.slow
 def tiny(tmp_path) -> list[str]:
     return [
         "family=recon", f"run_dir={tmp_path / 'run'}", f"data.source.cache_dir={tmp_path / 'cache'}",
-        "data.source.matrix=[48, 48]", "data.source.subjects_per_site=3", "data.source.slices_per_subject=2",
+        "data.source.matrix=[64, 64]", "data.source.subjects_per_site=3", "data.source.slices_per_subject=2",
         "data.train_sites=[hospital-a, hospital-b]", "data.heldout_site=hospital-c", "data.num_coils=4",
-        "data.val_subjects=1", "mask.center_fraction=0.35", "model.chans=8", "model.num_cascades=1",
+        "data.val_subjects=1", "mask.center_fraction=0.25", "mask.acceleration=3", "model.chans=8", "model.num_cascades=1",
         "model.sens_chans=4",
     ]
 

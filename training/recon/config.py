@@ -110,8 +110,13 @@ class ReconRunConfig:
     name: str = "recon-default"
     run_dir: Path = Path("runs/recon-default")
     seed: int = 0
+    device: str = "cpu"              # "cuda" on a GPU host (refused when no GPU is visible)
     data: ReconDataConfig = field(default_factory=ReconDataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from mrcore.config import build, to_dict
 from mrcore.data.base import SliceSource
 from mrcore.data.sources import open_source
+from mrcore.masks import make_mask
 from training.federation.family import Arrays, Family, SiteUpdate
 from training.models import build_critic, build_generator
 from training.recon.config import ReconRunConfig
@@ -75,6 +76,11 @@ class ReconFamily(Family):
         prepare = getattr(self.source, "prepare", None)
         if prepare is not None:
             prepare()
+        site = self.cfg.data.train_sites[0]
+        shape = self.source.kspace(site, 0, self.cfg.data.contrasts[0], num_coils=1).kspace.shape[-2:]
+        m = self.cfg.mask  # an acceleration impossible for the matrix fails here, before any training
+        make_mask(m.kind, shape, m.acceleration, m.center_fraction, seed=0,
+                  axis=int(getattr(self.source, "phase_encode_axis", -2)))
 
     # -- models ---------------------------------------------------------------------------------
     def new_generator(self, fft_backend: str = "torch") -> torch.nn.Module:
@@ -87,10 +93,17 @@ class ReconFamily(Family):
             kwargs.update(num_res_blocks=max(m.num_res_blocks, 5))
         return build_generator(m.generator, **kwargs)
 
+    @cached_property
+    def device(self) -> torch.device:
+        """The configured torch device; a GPU that is asked for but not visible is an error, not a fallback."""
+        if self.cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device={self.cfg.device!r} was configured but no CUDA GPU is visible to torch")
+        return torch.device(self.cfg.device)
+
     def generator_from(self, arrays: Arrays, fft_backend: str = "torch") -> torch.nn.Module:
         g = self.new_generator(fft_backend)
         g.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
-        return g
+        return g.to(self.device)
 
     def initial_arrays(self) -> Arrays:
         torch.manual_seed(self.cfg.seed)
@@ -144,13 +157,13 @@ class ReconFamily(Family):
         torch.manual_seed(_seed(cfg.seed, site_no, server_round))
         generator = self.generator_from(arrays)
         adversarial = obj.kind in ("unpaired", "hybrid")
-        critic = build_critic(in_channels=1) if adversarial else None
+        critic = build_critic(in_channels=1).to(self.device) if adversarial else None
         opt_g = torch.optim.Adam(generator.parameters(), lr=obj.lr, betas=tuple(obj.betas))
         opt_c = torch.optim.Adam(critic.parameters(), lr=obj.lr, betas=tuple(obj.betas)) if critic else None
         step = 0
         previous = state_dir / f"state_round_{server_round - 1:03d}.pt"
         if previous.exists():
-            state = torch.load(previous, weights_only=True)
+            state = torch.load(previous, weights_only=True, map_location=self.device)
             opt_g.load_state_dict(state["opt_g"])
             step = int(state["step"])
             if critic is not None and "critic" in state:
@@ -168,7 +181,7 @@ class ReconFamily(Family):
             if labels is not None:
                 labels.set_epoch(epoch)
                 label_loader = DataLoader(labels, batch_size=obj.batch_size, shuffle=True, generator=loader_seed)
-            step, logs = train_epoch(generator, critic, opt_g, opt_c, loader, obj, step, label_loader)
+            step, logs = train_epoch(generator, critic, opt_g, opt_c, loader, obj, step, label_loader, self.device)
         state = {"opt_g": opt_g.state_dict(), "step": step}
         if critic is not None:
             state.update(critic=critic.state_dict(), opt_c=opt_c.state_dict())
@@ -179,7 +192,7 @@ class ReconFamily(Family):
         for old in state_dir.glob("state_round_*.pt"):
             if int(old.stem.split("_")[-1]) < server_round - 1:
                 old.unlink()
-        out = {k: v.detach().numpy().copy() for k, v in generator.state_dict().items()}
+        out = {k: v.detach().cpu().numpy().copy() for k, v in generator.state_dict().items()}
         logs["seconds"] = time.perf_counter() - t0
         return SiteUpdate(out, num_examples=len(train), metrics=logs)
 

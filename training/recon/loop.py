@@ -44,6 +44,7 @@ def train_epoch(
     objective: ObjectiveConfig,
     step: int,
     label_loader: DataLoader | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[int, dict[str, float]]:
     """One pass over ``loader``; returns the new batch counter and mean losses.
 
@@ -56,6 +57,7 @@ def train_epoch(
     count = 0
     generator.train()
     for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
         fake = magnitude(generator(batch["kspace"], batch["mask"]), eps=1e-12)
         logs: dict[str, float] = {}
         if objective.kind == "paired":
@@ -63,7 +65,7 @@ def train_epoch(
             logs["l1"] = float(loss.detach())
         else:
             assert critic is not None and opt_c is not None
-            real = next(labels)["target"] if objective.kind == "unpaired" else batch["target"]
+            real = next(labels)["target"].to(device) if objective.kind == "unpaired" else batch["target"]
             for _ in range(objective.critic_steps):
                 opt_c.zero_grad(set_to_none=True)
                 lc = critic_loss(critic, critic_view(real), critic_view(fake.detach()), objective.gp_eta)
@@ -96,9 +98,10 @@ def reconstruct(generator: nn.Module, loader: DataLoader) -> tuple[np.ndarray, n
     from mrcore import torch_ops as ops
 
     generator.eval()
+    device = next(generator.parameters()).device
     outs, zfs, targets, subjects = [], [], [], []
     for batch in loader:
-        outs.append(magnitude(generator(batch["kspace"], batch["mask"])).numpy())
+        outs.append(magnitude(generator(batch["kspace"].to(device), batch["mask"].to(device))).cpu().numpy())
         zfs.append(ops.rss(ops.ifft2c(batch["kspace"]), dim=1).numpy())
         targets.append(batch["target"].numpy())
         subjects.append(batch["subject"].numpy())
