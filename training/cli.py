@@ -166,4 +166,6 @@ def evaluate_recon(
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "flwr", "ray"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     app()

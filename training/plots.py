@@ -12,6 +12,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save_figure(fig, out: Path, dpi: int = 90) -> Path:
+    """Lay out ``fig``, write it to ``out`` (PNG; parent folders created) and close it."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def plot_curves(rows: Sequence[dict], out: Path, metrics: Sequence[str] = ("psnr", "ssim")) -> Path:
     """One panel per metric: validation curve of every site and the held-out curve, against round."""
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.2 * (len(metrics) + 1), 3.4))
@@ -35,12 +45,7 @@ def plot_curves(rows: Sequence[dict], out: Path, metrics: Sequence[str] = ("psnr
     ax.set_xlabel("round")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_image_grid(columns: dict[str, np.ndarray], reference: str, out: Path, title: str = "") -> Path:
@@ -65,9 +70,4 @@ def plot_image_grid(columns: dict[str, np.ndarray], reference: str, out: Path, t
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -19,6 +19,7 @@ from mrcore.data.base import CONTRASTS, SliceSource  # noqa: E402
 from mrcore.fft import ifft2c  # noqa: E402
 from mrcore.masks import make_mask  # noqa: E402
 from mrcore.sense import zero_filled  # noqa: E402
+from training.plots import save_figure  # noqa: E402
 
 
 def write_preview(
@@ -79,9 +80,4 @@ def write_preview(
     row[5].set_title("zero-filled", fontsize=8)
     row[6].imshow(sample.target, cmap="gray", vmin=0, vmax=vmax)
     row[6].set_title(f"reference ({contrast})", fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from tests.mrcore.objects import smooth_object
+
 from mrcore.coils import simulate_coil_maps
 from mrcore.cs import l1_wavelet_recon
 from mrcore.masks import make_mask
@@ -11,14 +13,6 @@ from mrcore.sense import sense_forward, zero_filled
 
 N, COILS = 128, 8
 
-
-def smooth_object(n=N):
-    """Soft-edged ellipse with a smooth texture and a darker inner ellipse: complex64 [n, n]."""
-    y, x = np.mgrid[:n, :n]
-    yy, xx = (y - n // 2) / (0.38 * n), (x - n // 2) / (0.30 * n)
-    body = 1 / (1 + np.exp((np.hypot(yy, xx) - 1) / 0.05)) * (1 + 0.3 * np.cos(3 * xx) * np.sin(2 * yy))
-    inner = np.hypot((y - n // 2 + 10) / (0.10 * n), (x - n // 2) / (0.08 * n)) < 1
-    return (body - 0.5 * inner).astype(np.complex64)
 
 
 @pytest.fixture(scope="module")
