@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 client_app = ClientApp()
 
 
-def _site_and_state_dir(context: Context, run_cfg: dict) -> tuple[str, Path]:
-    family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
+def _site_and_state_dir(context: Context, run_cfg: dict, family) -> tuple[str, Path]:
     node = context.node_config
     if "site" in node:
         site = str(node["site"])
@@ -50,7 +49,7 @@ def _handle(msg: Message, context: Context, train: bool) -> Message:
     text = str(cfg_record["run-config"])
     run_cfg = yaml.safe_load(text)
     family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
-    site, state_dir = _site_and_state_dir(context, run_cfg)
+    site, state_dir = _site_and_state_dir(context, run_cfg, family)
     global_round = int(cfg_record["global-round"])
     arrays = from_record(msg.content["arrays"])
     if train:
