@@ -8,3 +8,51 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+# --- a real tritonserver serving the shipped model_repository (session-wide) -------------------------
+import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def triton_settings(repository: Path, **kwargs):
+    from serving.triton import TritonSettings
+
+    return TritonSettings(repository=repository, http_port=free_port(), grpc_port=free_port(),
+                          metrics_port=free_port(), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def triton_server():
+    """The real tritonserver binary (nvidia-pytriton wheel) with the shipped model repository, CPU config."""
+    from serving.triton import TritonServer
+
+    server = TritonServer(triton_settings(ROOT / "model_repository"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_url(triton_server) -> str:
+    """"127.0.0.1:<port>" of the session's Triton HTTP endpoint."""
+    return triton_server.http_url
+
+
+@pytest.fixture(scope="session")
+def triton_grpc_url(triton_server) -> str:
+    """"127.0.0.1:<port>" of the session's Triton gRPC endpoint."""
+    return triton_server.grpc_url

@@ -3,6 +3,7 @@
     mri-train federated --config configs/recon.yaml
     mri-train federated --config configs/recon.yaml --set federation.rounds=3 --set objective.kind=hybrid
     mri-train show-config --config configs/recon.yaml
+    mri-train export --run-dir runs/recon-default --repo model_repository --version 1
 """
 
 from __future__ import annotations
@@ -162,6 +163,31 @@ def evaluate_recon(
     )
     write_report(out, "Reconstruction results", "mri-train " + " ".join(sys.argv[1:]), body)
     typer.echo(f"wrote {out}")
+
+
+
+
+@app.command("export")
+def export(
+    run_dir: list[Path] = typer.Option(..., "--run-dir", "-r", help="A finished training run (repeatable), e.g. runs/recon-default."),
+    repo: Path = typer.Option(Path("model_repository"), help="Triton model repository to write into."),
+    version: int = typer.Option(1, min=1, help="Numeric model version to write (replaced if it exists)."),
+    round_: int = typer.Option(None, "--round", min=1, help="Checkpoint round to export (default: the last)."),
+    model: list[str] = typer.Option([], "--model", "-m", help="Export only this model name (repeatable)."),
+) -> None:
+    """Export the runs' generators to ONNX (dynamo, DC in the graph), check ONNX Runtime against PyTorch
+    (relative error <= 1e-5) and write them with Triton configs (GPU and CPU) and model cards."""
+    from training.export.run import export_run
+
+    for rd in run_dir:
+        try:
+            cards = export_run(rd, repo, version=version, round_=round_, only=model or None)
+        except (FileNotFoundError, ValueError, ConfigError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--run-dir/--model") from exc
+        for card in cards:
+            e = card["export"]
+            typer.echo(f"{card['name']} v{card['version']}: {e['onnx_bytes'] / 1e6:.2f} MB, round {card['training']['round']}, "
+                       f"parity {e['parity_max_relative_error']:.1e} -> {repo / card['name'] / str(card['version'])}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,23 @@ import numpy as np
 Arrays = dict[str, np.ndarray]
 
 
+class StopRun(RuntimeError):
+    """Raised by a site to end the whole run cleanly, before it trains a round (e.g. its privacy budget
+    would be exceeded). The message travels to the coordinator inside Flower's error reply, marked with
+    :attr:`MARKER`; the strategy then stops the run with the same message (see ``strategy.py``)."""
+
+    MARKER = "[stop-run]"
+
+    def __init__(self, message: str) -> None:
+        text = message if message.startswith(self.MARKER) else f"{self.MARKER} {message}"
+        super().__init__(text)
+
+    @property
+    def reason(self) -> str:
+        """The message without the marker."""
+        return str(self).removeprefix(self.MARKER).strip()
+
+
 @dataclass
 class SiteUpdate:
     """The result of one site's local training in one round.
@@ -78,3 +95,10 @@ class Family(ABC):
 
     def write_artifacts(self, arrays: Arrays, server_round: int, run_dir: Path) -> None:  # noqa: B027
         """Optional per-round artefacts (sample image grids, ...) written by the coordinator."""
+
+    def plot_run(self, rows: list[dict], run_dir: Path) -> None:  # noqa: B027
+        """Optional family-specific plots of the run's metric rows (``metrics.jsonl``), called by the CLI."""
+
+    def servable_models(self, arrays: Arrays) -> list:
+        """The models to export for serving (:class:`training.export.ServableModel`), built from ``arrays``."""
+        raise NotImplementedError(f"family {self.name!r} has no servable models")

@@ -219,3 +219,8 @@ class ReconFamily(Family):
         out, zf, target, _ = reconstruct(self.generator_from(arrays), DataLoader(sub, batch_size=3))
         plot_samples(zf, out, target, run_dir / "plots" / "samples.png",
                      title=f"{site}, round {server_round}, R={self.cfg.mask.acceleration:g}")
+
+    def servable_models(self, arrays: Arrays) -> list:
+        from training.recon.export import servable_models
+
+        return servable_models(self, arrays)

@@ -1,0 +1,254 @@
+"""The one module that talks to Triton (binary tensors over HTTP or gRPC; never JSON tensors).
+
+Used by both the REST API and the DICOM node::
+
+    client = TritonClient("127.0.0.1:8000")                       # or TritonClient("127.0.0.1:8001", "grpc")
+    image = client.reconstruct(kspace)                            # complex64 [S, C, ky, kx] -> float32 [S, ky, kx]
+    t2 = client.synthesize(t1_volume, source="T1w", target="T2w") # float32 [S, H, W] -> float32 [S, H, W]
+
+Triton has no complex dtype: k-space travels as float32 ``[..., 2]`` (real, imaginary). Volumes are
+sent in chunks of at most the model's ``max_batch_size`` slices.
+
+Errors: :class:`InferenceUnavailable` when Triton cannot be reached or the model is not ready (retry
+later); :class:`InferenceError` for a request Triton or the model rejects (do not retry);
+:class:`UnknownModel` (an InferenceError) for a model the repository does not hold. Input validation
+errors of this module are ``ValueError`` with the field, the expected and the received shape/dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from mrcore.masks import infer_mask
+
+log = logging.getLogger(__name__)
+
+RECON_MODEL = "recon_unrolled"
+
+
+class InferenceUnavailable(RuntimeError):
+    """Triton is down, unreachable or the model is not ready: the same request may succeed later."""
+
+
+class InferenceError(RuntimeError):
+    """Triton or the model rejected the request (bad shapes, failure inside the model): do not retry."""
+
+
+class UnknownModel(InferenceError):
+    """The model repository holds no such model."""
+
+
+def synthesis_model_name(source: str, target: str) -> str:
+    """Triton model name of a synthesis direction: ``("T1w", "T2w") -> "synth_t1w_to_t2w"``."""
+    return f"synth_{source.lower()}_to_{target.lower()}"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A model in Triton's repository index."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+def _as_kspace_volume(kspace: np.ndarray) -> np.ndarray:
+    k = np.asarray(kspace)
+    if not np.iscomplexobj(k):
+        raise ValueError(f"kspace must be complex64 [slices, coils, ky, kx] or [coils, ky, kx], got real {k.dtype} {k.shape}")
+    if k.ndim == 3:
+        k = k[None]
+    if k.ndim != 4 or 0 in k.shape:
+        raise ValueError(f"kspace must be complex [slices, coils, ky, kx] or [coils, ky, kx] with no empty axis, got shape {k.shape}")
+    if min(k.shape[-2:]) < 16:
+        raise ValueError(f"kspace matrix (ky, kx) must be at least 16x16, got {k.shape[-2]}x{k.shape[-1]}")
+    if not np.isfinite(k).all():
+        raise ValueError("kspace holds NaN or Inf values")
+    return k.astype(np.complex64, copy=False)
+
+
+def _as_mask(mask: np.ndarray | None, kspace: np.ndarray) -> np.ndarray:
+    """float32 [S, ky, kx] from a [ky, kx] or [S, ky, kx] mask (or inferred from the non-zero samples)."""
+    s, _, ky, kx = kspace.shape
+    if mask is None:
+        return np.stack([infer_mask(k) for k in kspace])
+    m = np.asarray(mask)
+    if m.ndim == 1 and m.shape[0] == ky:       # a line mask over ky
+        m = np.repeat(m[:, None], kx, axis=1)
+    if m.ndim == 2:
+        m = np.broadcast_to(m, (s, *m.shape))
+    if m.shape != (s, ky, kx):
+        raise ValueError(f"mask must be [ky, kx] = [{ky}, {kx}] or [slices, ky, kx] = [{s}, {ky}, {kx}], got {list(m.shape)}")
+    if not np.isfinite(m).all() or not np.isin(m, (0, 1)).all():
+        raise ValueError("mask must hold only 0 and 1")
+    if not m.any(axis=(1, 2)).all():
+        raise ValueError("mask samples nothing in at least one slice")
+    return np.ascontiguousarray(m, dtype=np.float32)
+
+
+class TritonClient:
+    """Inference through a running Triton server.
+
+    Parameters
+    ----------
+    url : "host:port" of Triton's HTTP (default 8000) or gRPC (8001) endpoint
+    protocol : "http" or "grpc"
+    timeout_s : network timeout per request
+    """
+
+    def __init__(self, url: str = "127.0.0.1:8000", protocol: str = "http", timeout_s: float = 120.0) -> None:
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+        self.url, self.protocol, self.timeout_s = url, protocol, float(timeout_s)
+        if protocol == "http":
+            import tritonclient.http as tc
+
+            self._client = tc.InferenceServerClient(url, connection_timeout=min(10.0, timeout_s), network_timeout=timeout_s)
+        else:
+            import tritonclient.grpc as tc
+
+            self._client = tc.InferenceServerClient(url)
+        self._tc = tc
+        self._max_batch: dict[str, int] = {}
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> TritonClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- health and models --------------------------------------------------------------------
+    def _call(self, what: str, fn, *args, **kwargs):
+        """Run a tritonclient call, mapping its failures to InferenceUnavailable / InferenceError."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return fn(*args, **kwargs)
+        except InferenceServerException as exc:
+            msg = exc.message() or str(exc)
+            status = str(exc.status() or "")
+            low = msg.lower()
+            if "unknown model" in low or "not found" in low:
+                raise UnknownModel(f"{what}: {msg}") from None
+            if "unavailable" in low or "not ready" in low or status in ("503", "StatusCode.UNAVAILABLE"):
+                raise InferenceUnavailable(f"{what}: Triton at {self.url}: {msg}") from None
+            raise InferenceError(f"{what}: {msg}") from None
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            raise InferenceUnavailable(f"{what}: Triton at {self.url} is unreachable ({exc.__class__.__name__}: {exc})") from None
+        except Exception as exc:  # gevent/grpc transport errors have library-specific types
+            if exc.__class__.__module__.split(".")[0] in ("geventhttpclient", "gevent", "grpc", "socket"):
+                raise InferenceUnavailable(f"{what}: Triton at {self.url} is unreachable ({exc.__class__.__name__}: {exc})") from None
+            raise
+
+    def is_ready(self, models: tuple[str, ...] = ()) -> bool:
+        """True when the server (and every named model) is ready; False when unreachable."""
+        try:
+            return bool(self._call("ready", self._client.is_server_ready)) and all(
+                self._call("ready", self._client.is_model_ready, m) for m in models)
+        except (InferenceUnavailable, InferenceError):
+            return False
+
+    def models(self) -> list[ModelStatus]:
+        """Every model in Triton's repository index with its state (READY, UNAVAILABLE, ...)."""
+        index = self._call("repository index", self._client.get_model_repository_index)
+        if self.protocol == "grpc":
+            index = [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in index.models]
+        return [ModelStatus(m["name"], str(m.get("version", "")), m.get("state", ""), m.get("reason", "")) for m in index]
+
+    def model_info(self, name: str) -> dict:
+        """``{"name", "versions", "inputs", "outputs", "max_batch_size"}`` of a loaded model."""
+        meta = self._call(f"model {name!r}", self._client.get_model_metadata, name)
+        cfg = self._call(f"model {name!r}", self._client.get_model_config, name)
+        if self.protocol == "grpc":
+            from google.protobuf.json_format import MessageToDict
+
+            meta, cfg = MessageToDict(meta, preserving_proto_field_name=True), MessageToDict(cfg.config, preserving_proto_field_name=True)
+        return {"name": meta["name"], "versions": list(meta.get("versions", [])),
+                "inputs": meta.get("inputs", []), "outputs": meta.get("outputs", []),
+                "max_batch_size": int(cfg.get("max_batch_size", 0))}
+
+    def max_batch_size(self, model: str) -> int:
+        if model not in self._max_batch:
+            self._max_batch[model] = max(1, self.model_info(model)["max_batch_size"])
+        return self._max_batch[model]
+
+    # -- inference ----------------------------------------------------------------------------
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Run ``model`` on ``inputs`` (each with the same leading batch axis), in chunks of at most its
+        ``max_batch_size``; returns the named outputs concatenated along the batch axis."""
+        sizes = {v.shape[0] for v in inputs.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"inputs of {model!r} must share the batch axis, got {({k: v.shape for k, v in inputs.items()})}")
+        n = sizes.pop()
+        step = self.max_batch_size(model)
+        chunks: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
+        for start in range(0, n, step):
+            tensors = []
+            for name, value in inputs.items():
+                part = np.ascontiguousarray(value[start:start + step], dtype=np.float32)
+                t = self._tc.InferInput(name, list(part.shape), "FP32")
+                if self.protocol == "http":
+                    t.set_data_from_numpy(part, binary_data=True)
+                else:
+                    t.set_data_from_numpy(part)
+                tensors.append(t)
+            if self.protocol == "http":
+                requested = [self._tc.InferRequestedOutput(o, binary_data=True) for o in outputs]
+                result = self._call(f"model {model!r}", self._client.infer, model, tensors, outputs=requested)
+            else:
+                requested = [self._tc.InferRequestedOutput(o) for o in outputs]
+                result = self._call(f"model {model!r}", self._client.infer, model, tensors, outputs=requested,
+                                    client_timeout=self.timeout_s)
+            for o in outputs:
+                chunks[o].append(result.as_numpy(o))
+        return {o: np.concatenate(v) for o, v in chunks.items()}
+
+    def reconstruct(self, kspace: np.ndarray, mask: np.ndarray | None = None, model: str = RECON_MODEL,
+                    complex_output: bool = False) -> np.ndarray:
+        """Reconstruct undersampled multi-coil k-space.
+
+        Parameters
+        ----------
+        kspace : complex64 [slices, coils, ky, kx] or [coils, ky, kx] (centred orthonormal FFT convention)
+        mask : float [ky, kx], [slices, ky, kx], a line mask [ky], or None (inferred: samples that are non-zero)
+        model : Triton model name
+        complex_output : return the complex image instead of the magnitude
+
+        Returns
+        -------
+        float32 [slices, ky, kx] magnitude (or complex64 with ``complex_output``), in the input's scale.
+        """
+        k = _as_kspace_volume(kspace)
+        m = _as_mask(mask, k)
+        out = self.infer(model, {"kspace": np.stack([k.real, k.imag], axis=-1).astype(np.float32), "mask": m},
+                         ["image" if complex_output else "magnitude"])
+        if complex_output:
+            img = out["image"]
+            return (img[..., 0] + 1j * img[..., 1]).astype(np.complex64)
+        return out["magnitude"]
+
+    def synthesize(self, images: np.ndarray, source: str, target: str, model: str | None = None) -> np.ndarray:
+        """Synthesize the ``target`` contrast from ``source``-contrast magnitude images.
+
+        images : float [slices, H, W] (or [H, W]), any intensity scale; H, W >= 16.
+        Returns float32 [slices, H, W] (the generator's normalised output scale, see its model card).
+        """
+        x = np.asarray(images)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim != 3 or 0 in x.shape or np.iscomplexobj(x):
+            raise ValueError(f"images must be real [slices, H, W] or [H, W], got {x.dtype} {list(x.shape)}")
+        if min(x.shape[-2:]) < 16:
+            raise ValueError(f"images must be at least 16x16, got {x.shape[-2]}x{x.shape[-1]}")
+        if not np.isfinite(x).all():
+            raise ValueError("images hold NaN or Inf values")
+        name = model or synthesis_model_name(source, target)
+        out = self.infer(name, {"image": x[:, None].astype(np.float32)}, ["image"])
+        return out["image"][:, 0]
