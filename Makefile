@@ -13,13 +13,14 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 export RAY_USAGE_STATS_ENABLED = 0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: help venv system-deps test test-fast run preview data bench lock clean
+.PHONY: help venv system-deps test test-fast run preview data bench lock clean export
 
 help:
 	@echo "make run          start the service on the embedded default (until serving lands: data preview)"
 	@echo "make test         install everything needed and run the whole test suite"
 	@echo "make preview      write docs/img/data_preview.png (sites x contrasts, coils, k-space, mask)"
 	@echo "make data         generate (and cache) the embedded multi-site phantom data set"
+	@echo "make export       export the trained runs' generators to ONNX into model_repository/ (parity-checked)"
 	@echo "make bench        run the benchmarks and write their tables to docs/"
 	@echo "make lock         regenerate requirements.lock from pyproject.toml"
 
@@ -63,6 +64,12 @@ run: venv system-deps preview
 
 bench: venv
 	$(PY) -m benchmarks.cs_baseline --out docs/benchmarks/cs_baseline.md
+	$(PY) -m benchmarks.serving_latency --out docs/benchmarks/serving_latency.md
+
+# Runs exported by default: those of `make train-federated` (a missing run is an error naming it).
+EXPORT_RUNS ?= runs/recon-default
+export: venv
+	$(PY) -m training.cli export $(foreach r,$(EXPORT_RUNS),--run-dir $(r)) --repo model_repository --version 1
 
 lock:
 	rm -rf /tmp/mri-lock-venv && $(PYTHON) -m venv /tmp/mri-lock-venv

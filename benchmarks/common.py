@@ -12,6 +12,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers the benchmarks start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; return (median seconds, all seconds)."""
     for _ in range(warmup):

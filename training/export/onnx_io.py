@@ -52,10 +52,27 @@ def export_onnx(model: ServableModel, path: Path) -> Path:
         )
     program.save(str(tmp), external_data=False)
     proto = onnx.load(str(tmp))
+    strip_debug_metadata(proto)
     onnx.checker.check_model(proto)
     check_io(proto, model)
+    onnx.save(proto, str(tmp))
     tmp.replace(path)
     return path
+
+
+def strip_debug_metadata(proto) -> None:
+    """Drop the exporter's per-node debug metadata (Python stack traces with source paths and line
+    numbers, FX node dumps): the served file then depends only on the graph and the weights."""
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
 
 
 def check_io(proto, model: ServableModel) -> None:

@@ -50,10 +50,21 @@ def _round_metrics(run_dir: Path, round_: int) -> dict:
     return rows[-1] if rows else {}
 
 
+def _portable(value, root: str):
+    """Paths under the project directory made relative (model cards travel with the repository)."""
+    if isinstance(value, dict):
+        return {k: _portable(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, root) for v in value]
+    if isinstance(value, str) and value.startswith(root):
+        return value[len(root):] or "."
+    return value
+
+
 def model_card(model: ServableModel, version: int, family, run_dir: Path, round_: int, checkpoint: Path,
                onnx_path: Path, parity: dict[str, float]) -> dict:
     """The JSON model card of one exported version (training data, config, metrics, privacy, export)."""
-    cfg = family.config_dict()
+    cfg = _portable(family.config_dict(), str(Path.cwd().resolve()) + "/")
     row = _round_metrics(run_dir, round_)
     train = row.get("train", {})
     metrics = {}

@@ -29,13 +29,16 @@ MODEL_NAME = "recon_unrolled"
 
 
 class ReconForServing(nn.Module):
-    """``(kspace [B,C,ky,kx,2], mask [B,ky,kx]) -> (image [B,ky,kx,2], magnitude [B,ky,kx])``."""
+    """``(kspace [B,C,ky,kx,2], mask [B,ky,kx]) -> (image [B,ky,kx,2], magnitude [B,ky,kx])``.
 
-    def __init__(self, generator: nn.Module) -> None:
+    ``require_matmul=False`` admits a ``torch.fft`` generator (benchmarks of ONNX's DFT operator only).
+    """
+
+    def __init__(self, generator: nn.Module, require_matmul: bool = True) -> None:
         super().__init__()
         if not getattr(generator, "estimate_maps", False):
             raise ValueError("only generators that estimate coil maps in the graph (model.estimate_maps: true) can be served")
-        if getattr(generator, "fft_backend", None) != "matmul":
+        if require_matmul and getattr(generator, "fft_backend", None) != "matmul":
             raise ValueError("export the generator with fft_backend='matmul' (in-graph DFT matrices)")
         self.generator = generator
 
