@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from numbers import Integral, Real
 
 import numpy as np
-import sigpy.mri
-import sigpy.mri.app
 
 from mrcore.validate import as_array, check_complex, check_finite, check_ndim
 
@@ -61,6 +59,8 @@ def simulate_coil_maps(shape: Sequence[int], num_coils: int, seed: int = 0, rela
     relative_radius = _check_float("relative_radius", relative_radius, 0.0)
     phase_order = _check_int("phase_order", phase_order, 0)
 
+    import sigpy.mri  # here, not at module level: sigpy imports torch (seconds), which serving never needs
+
     ny, nx = int(dims[0]), int(dims[1])
     maps = sigpy.mri.birdcage_maps((num_coils, ny, nx), r=relative_radius)
     rng = np.random.default_rng(seed)
@@ -108,6 +108,8 @@ def estimate_coil_maps(kspace: np.ndarray, calib_width: int = 24, threshold: flo
     if isinstance(crop, bool) or not isinstance(crop, Real) or not 0 <= crop < 1:
         raise ValueError(f"crop must be a number in [0, 1), got {crop!r}")
     max_iter = _check_int("max_iter", max_iter, 1)
+    import sigpy.mri.app
+
     app = sigpy.mri.app.EspiritCalib(k.astype(np.complex64, copy=False), calib_width=calib_width, thresh=threshold,
                                      kernel_width=_KERNEL_WIDTH, crop=crop, max_iter=max_iter, show_pbar=False)
     return np.asarray(app.run()).astype(np.complex64, copy=False)

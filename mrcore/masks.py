@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from numbers import Integral, Real
 
 import numpy as np
-import sigpy.mri
 
 from mrcore.validate import as_array, check_choice, check_complex, check_finite, check_ndim, check_real
 
@@ -205,6 +204,8 @@ class PoissonDiscMask:
                 f"acceleration {self.acceleration} is impossible for shape {dims}: the calibration box "
                 f"{self.calib} alone has {self.calib[0] * self.calib[1]} samples > {size / self.acceleration:.1f}"
             )
+        import sigpy.mri  # imported here: sigpy imports torch (seconds), which the serving side never needs
+
         for attempt in range(_POISSON_ATTEMPTS):
             sub_seed = int(np.random.SeedSequence((seed, attempt)).generate_state(1)[0])
             try:

@@ -1,0 +1,53 @@
+"""Privacy-safe logging: hashed UIDs, one audit line per received and per sent series, no patient data.
+
+Nothing here ever formats a dataset: log lines carry only hashed UIDs, AE titles, hosts, counts, route
+and job ids. ``PatientName``, ``PatientID`` and ``PatientBirthDate`` never reach a log (tested).
+pydicom's own value warnings (which quote element values) are silenced in the node process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+__all__ = ["audit", "configure_logging", "uid_hash"]
+
+AUDIT = logging.getLogger("dicom_node.audit")
+
+
+def uid_hash(uid: str | None) -> str:
+    """First 12 hex digits of the SHA-256 of a UID (stable, not reversible in practice)."""
+    if not uid:
+        return "-"
+    return hashlib.sha256(str(uid).encode()).hexdigest()[:12]
+
+
+def audit(event: str, **fields) -> None:
+    """One audit line: ``AUDIT <event> key=value ...`` (values must already be privacy-safe)."""
+    AUDIT.info("AUDIT %s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+def configure_logging(level: str = "INFO", audit_file: Path | None = None) -> None:
+    """Node logging to stderr (and the audit lines also to ``audit_file``); quiet third-party loggers."""
+    import pydicom.config
+
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(getattr(h, "_dicom_node", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        h._dicom_node = True
+        root.addHandler(h)
+    if audit_file is not None:
+        audit_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(audit_file)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        AUDIT.addHandler(fh)
+    # pynetdicom at INFO/DEBUG dumps DIMSE messages and can dump datasets; pydicom warnings quote values
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    warnings.filterwarnings("ignore", module=r"pydicom\..*")

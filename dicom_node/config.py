@@ -1,0 +1,400 @@
+"""Configuration of the DICOM node: one YAML (or TOML) file -> validated, frozen dataclasses.
+
+Every error names the key path and what was expected, e.g.
+``routes[1].task: expected 'reconstruction' or 'synthesis', got 'recon'``. See ``configs/dicom_node.yaml``
+for a commented example and ``docs/dicom_node.md`` for the meaning of each key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mrcore.data.base import CONTRASTS
+
+__all__ = ["ConfigError", "Destination", "NodeConfig", "Peer", "RetryPolicy", "Route", "TLSConfig", "load_config"]
+
+TASKS = ("reconstruction", "synthesis")
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 characters
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and what was expected."""
+
+
+def _ae(path: str, value) -> str:
+    if not isinstance(value, str) or not _AE_RE.match(value) or not value.strip():
+        raise ConfigError(f"{path}: expected an AE title (1-16 printable characters, no backslash), got {value!r}")
+    return value.strip()
+
+
+def _num(path: str, value, *, minimum: float = 0.0, integer: bool = False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= minimum
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{path}: expected {kind} >= {minimum}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _port(path: str, value) -> int:
+    p = _num(path, value, minimum=0, integer=True)
+    if p > 65535:
+        raise ConfigError(f"{path}: expected a TCP port 0-65535, got {value!r}")
+    return p
+
+
+def _mapping(path: str, value, allowed: set[str], required: set[str] = frozenset()) -> dict:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+    unknown = set(value) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    missing = set(required) - set(value)
+    if missing:
+        raise ConfigError(f"{path}: missing required key(s) {sorted(missing)}")
+    return value
+
+
+def _str(path: str, value, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        raise ConfigError(f"{path}: expected a non-empty string, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS for the listener (server side) or for a destination (client side); PEM files."""
+
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+    verify_server: bool = True
+
+    @classmethod
+    def parse(cls, path: str, value, *, server: bool, base: Path) -> "TLSConfig | None":
+        if value in (None, False):
+            return None
+        keys = {"certificate", "private_key", "ca_certificates", "require_client_certificate", "verify_server"}
+        v = _mapping(path, value, keys, {"certificate", "private_key"} if server else set())
+        files = {}
+        for k in ("certificate", "private_key", "ca_certificates"):
+            if v.get(k) is not None:
+                p = Path(_str(f"{path}.{k}", v[k]))
+                p = p if p.is_absolute() else base / p
+                if not p.is_file():
+                    raise ConfigError(f"{path}.{k}: file {p} does not exist")
+                files[k] = p
+        if ("certificate" in files) != ("private_key" in files):
+            raise ConfigError(f"{path}: certificate and private_key go together")
+        flags = {}
+        for k in ("require_client_certificate", "verify_server"):
+            if k in v:
+                if not isinstance(v[k], bool):
+                    raise ConfigError(f"{path}.{k}: expected true or false, got {v[k]!r}")
+                flags[k] = v[k]
+        if flags.get("require_client_certificate") and "ca_certificates" not in files:
+            raise ConfigError(f"{path}: require_client_certificate needs ca_certificates")
+        return cls(**files, **flags)
+
+    def server_context(self):
+        """``ssl.SSLContext`` for the listener."""
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.certificate), str(self.private_key))
+        if self.ca_certificates:
+            ctx.load_verify_locations(str(self.ca_certificates))
+        ctx.verify_mode = ssl.CERT_REQUIRED if self.require_client_certificate else ssl.CERT_NONE
+        return ctx
+
+    def client_context(self):
+        """``ssl.SSLContext`` for a destination."""
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca_certificates:
+            ctx.load_verify_locations(str(self.ca_certificates))
+        if not self.verify_server:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.certificate:
+            ctx.load_cert_chain(str(self.certificate), str(self.private_key))
+        return ctx
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A calling AE title allowed to associate, optionally only from some hosts (IP addresses)."""
+
+    ae_title: str
+    hosts: tuple[str, ...] = ()
+
+    def allows(self, ae_title: str, host: str) -> bool:
+        return ae_title.strip() == self.ae_title and (not self.hosts or host in self.hosts)
+
+
+def _peers(path: str, value) -> tuple[Peer, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of {{ae_title, hosts}} entries, got {type(value).__name__}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            item = {"ae_title": item}
+        v = _mapping(f"{path}[{i}]", item, {"ae_title", "hosts"}, {"ae_title"})
+        hosts = v.get("hosts") or []
+        if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+            raise ConfigError(f"{path}[{i}].hosts: expected a list of IP addresses, got {hosts!r}")
+        out.append(Peer(_ae(f"{path}[{i}].ae_title", v["ae_title"]), tuple(hosts)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A C-STORE SCP the derived series goes to."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str | None = None
+    tls: TLSConfig | None = None
+
+    def describe(self) -> str:
+        return f"{self.name}({self.ae_title}@{self.host}:{self.port})"
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the node does with series sent to one called AE title.
+
+    ``rules`` maps a DICOM keyword (``Modality``, ``SeriesDescription``...) or ``contrast`` to glob patterns
+    (case-insensitive); an instance must match every key (any pattern of a key) to be accepted.
+    """
+
+    name: str
+    called_ae_title: str
+    task: str
+    destinations: tuple[str, ...]
+    model: str = "recon_unrolled"
+    source: str | None = None
+    target: str | None = None
+    rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    series_description: str = "{description} {model}"
+    series_number_offset: int = 1000
+    allowed_peers: tuple[Peer, ...] | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The model this route calls (synthesis: ``synth_<source>_to_<target>`` lowercased)."""
+        if self.task == "synthesis":
+            return f"synth_{self.source}_to_{self.target}".lower()
+        return self.model
+
+    def mismatch(self, values: dict[str, str | None]) -> str | None:
+        """``None`` when ``values`` (keyword -> value) satisfy every rule, else which rule failed."""
+        for key, patterns in self.rules.items():
+            value = values.get(key)
+            if value is None or not any(fnmatch.fnmatchcase(str(value).lower(), p.lower()) for p in patterns):
+                return f"{key}={value!r} does not match {list(patterns)}"
+        return None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential back-off: ``min(base * 2**(attempt-1), max)`` seconds after failed attempt ``attempt``."""
+
+    max_attempts: int = 5
+    base_seconds: float = 2.0
+    max_seconds: float = 300.0
+    workers: int = 1
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.base_seconds * 2 ** max(attempt - 1, 0), self.max_seconds))
+
+    @classmethod
+    def parse(cls, path: str, value, default: "RetryPolicy") -> "RetryPolicy":
+        v = _mapping(path, value, {"max_attempts", "retry_base_seconds", "retry_max_seconds", "workers"})
+        return cls(
+            max_attempts=_num(f"{path}.max_attempts", v.get("max_attempts", default.max_attempts), minimum=1,
+                              integer=True),
+            base_seconds=_num(f"{path}.retry_base_seconds", v.get("retry_base_seconds", default.base_seconds)),
+            max_seconds=_num(f"{path}.retry_max_seconds", v.get("retry_max_seconds", default.max_seconds)),
+            workers=_num(f"{path}.workers", v.get("workers", default.workers), minimum=1, integer=True),
+        )
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The whole node configuration (see ``configs/dicom_node.yaml``)."""
+
+    ae_title: str
+    host: str
+    port: int
+    storage_dir: Path
+    routes: tuple[Route, ...]
+    destinations: dict[str, Destination]
+    quiet_seconds: float = 5.0
+    allowed_peers: tuple[Peer, ...] | None = None
+    tls: TLSConfig | None = None
+    inference_url: str = "127.0.0.1:8000"
+    inference_protocol: str = "http"
+    processing: RetryPolicy = RetryPolicy(max_attempts=5, base_seconds=2.0, max_seconds=120.0, workers=1)
+    delivery: RetryPolicy = RetryPolicy(max_attempts=6, base_seconds=2.0, max_seconds=300.0, workers=2)
+    network_timeout: float = 30.0
+    keep_seconds: float = 86400.0
+    audit_log: Path | None = None
+    max_pdu: int = 0
+
+    def routes_for(self, called_ae_title: str) -> tuple[Route, ...]:
+        return tuple(r for r in self.routes if r.called_ae_title == called_ae_title.strip())
+
+    def route(self, name: str) -> Route:
+        for r in self.routes:
+            if r.name == name:
+                return r
+        raise KeyError(f"no route named {name!r}")
+
+    @property
+    def db_path(self) -> Path:
+        return self.storage_dir / "queue.sqlite"
+
+
+_TOP = {"ae_title", "listen", "storage_dir", "quiet_seconds", "allowed_peers", "tls", "inference", "processing",
+        "delivery", "network_timeout_seconds", "retention", "audit_log", "destinations", "routes", "max_pdu"}
+_ROUTE = {"name", "called_ae_title", "task", "model", "source", "target", "rules", "destinations",
+          "series_description", "series_number_offset", "allowed_peers"}
+
+
+def _route(i: int, value, destinations: dict[str, Destination]) -> Route:
+    path = f"routes[{i}]"
+    v = _mapping(path, value, _ROUTE, {"called_ae_title", "task", "destinations"})
+    called = _ae(f"{path}.called_ae_title", v["called_ae_title"])
+    task = v["task"]
+    if task not in TASKS:
+        raise ConfigError(f"{path}.task: expected 'reconstruction' or 'synthesis', got {task!r}")
+    dests = v["destinations"]
+    if isinstance(dests, str):
+        dests = [dests]
+    if not isinstance(dests, list) or not dests:
+        raise ConfigError(f"{path}.destinations: expected a non-empty list of destination names, got {dests!r}")
+    for d in dests:
+        if d not in destinations:
+            raise ConfigError(f"{path}.destinations: unknown destination {d!r}; defined: {sorted(destinations)}")
+    source = target = None
+    if task == "synthesis":
+        for k in ("source", "target"):
+            if v.get(k) not in CONTRASTS:
+                raise ConfigError(f"{path}.{k}: expected one of {', '.join(CONTRASTS)} for a synthesis route, "
+                                  f"got {v.get(k)!r}")
+        source, target = v["source"], v["target"]
+    rules = {}
+    for key, pat in _mapping(f"{path}.rules", v.get("rules"), set(v.get("rules") or {})).items():
+        pats = [pat] if isinstance(pat, str) else pat
+        if not isinstance(pats, list) or not pats or not all(isinstance(p, str) for p in pats):
+            raise ConfigError(f"{path}.rules.{key}: expected a glob pattern or a list of them, got {pat!r}")
+        if key != "contrast" and not re.match(r"^[A-Za-z][A-Za-z0-9]*$", str(key)):
+            raise ConfigError(f"{path}.rules: {key!r} is neither a DICOM keyword nor 'contrast'")
+        rules[str(key)] = tuple(pats)
+    desc = v.get("series_description", "{description} {model}")
+    try:
+        desc.format(description="", model="", contrast="", task="")
+    except (KeyError, IndexError, AttributeError) as e:
+        raise ConfigError(f"{path}.series_description: unknown field {e} (allowed: {{description}}, {{model}}, "
+                          "{contrast}, {task})") from None
+    return Route(
+        name=_str(f"{path}.name", v.get("name", called.lower())),
+        called_ae_title=called,
+        task=task,
+        destinations=tuple(dests),
+        model=_str(f"{path}.model", v.get("model", "recon_unrolled")),
+        source=source,
+        target=target,
+        rules=rules,
+        series_description=desc,
+        series_number_offset=_num(f"{path}.series_number_offset", v.get("series_number_offset", 1000), integer=True),
+        allowed_peers=_peers(f"{path}.allowed_peers", v.get("allowed_peers")),
+    )
+
+
+def parse_config(data: dict[str, Any], *, base: Path = Path(".")) -> NodeConfig:
+    """Validate a parsed configuration mapping (relative paths are relative to ``base``)."""
+    v = _mapping("config", data, _TOP, {"routes", "destinations", "storage_dir"})
+    listen = _mapping("listen", v.get("listen"), {"host", "port"})
+    dests = {}
+    for name, d in _mapping("destinations", v["destinations"], set(v["destinations"] or {})).items():
+        p = f"destinations.{name}"
+        dv = _mapping(p, d, {"ae_title", "host", "port", "calling_ae_title", "tls"}, {"ae_title", "host", "port"})
+        dests[name] = Destination(
+            name=name, ae_title=_ae(f"{p}.ae_title", dv["ae_title"]), host=_str(f"{p}.host", dv["host"]),
+            port=_port(f"{p}.port", dv["port"]),
+            calling_ae_title=_ae(f"{p}.calling_ae_title", dv["calling_ae_title"]) if dv.get("calling_ae_title")
+            else None,
+            tls=TLSConfig.parse(f"{p}.tls", dv.get("tls"), server=False, base=base))
+    if not dests:
+        raise ConfigError("destinations: define at least one destination")
+    if not isinstance(v["routes"], list) or not v["routes"]:
+        raise ConfigError("routes: expected a non-empty list of routes")
+    routes = tuple(_route(i, r, dests) for i, r in enumerate(v["routes"]))
+    names = [r.name for r in routes]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"routes: route names must be unique, got {names}")
+    inference = _mapping("inference", v.get("inference"), {"url", "protocol"})
+    if inference.get("protocol", "http") not in ("http", "grpc"):
+        raise ConfigError(f"inference.protocol: expected 'http' or 'grpc', got {inference['protocol']!r}")
+    retention = _mapping("retention", v.get("retention"), {"keep_seconds"})
+    storage = Path(_str("storage_dir", str(v["storage_dir"])))
+    audit = v.get("audit_log")
+    return NodeConfig(
+        ae_title=_ae("ae_title", v.get("ae_title", "MRI_NODE")),
+        host=_str("listen.host", listen.get("host", "127.0.0.1")),
+        port=_port("listen.port", listen.get("port", 11112)),
+        storage_dir=storage if storage.is_absolute() else base / storage,
+        routes=routes,
+        destinations=dests,
+        quiet_seconds=_num("quiet_seconds", v.get("quiet_seconds", 5.0)),
+        allowed_peers=_peers("allowed_peers", v.get("allowed_peers")),
+        tls=TLSConfig.parse("tls", v.get("tls"), server=True, base=base),
+        inference_url=_str("inference.url", inference.get("url", "127.0.0.1:8000")),
+        inference_protocol=inference.get("protocol", "http"),
+        processing=RetryPolicy.parse("processing", v.get("processing"), NodeConfig.processing),
+        delivery=RetryPolicy.parse("delivery", v.get("delivery"), NodeConfig.delivery),
+        network_timeout=_num("network_timeout_seconds", v.get("network_timeout_seconds", 30.0), minimum=0.1),
+        keep_seconds=_num("retention.keep_seconds", retention.get("keep_seconds", 86400.0)),
+        audit_log=(Path(audit) if Path(audit).is_absolute() else base / audit) if audit else None,
+        max_pdu=_num("max_pdu", v.get("max_pdu", 0), integer=True),
+    )
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> NodeConfig:
+    """Read and validate a YAML (``.yaml``/``.yml``) or TOML (``.toml``) configuration file.
+
+    Relative paths inside (storage_dir, TLS files, audit_log) are relative to the current directory.
+    ``overrides`` replace top-level keys (used by tests and ``serve --port``).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"configuration file {p} does not exist")
+    text = p.read_text()
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    data.update(overrides or {})
+    return parse_config(data)

@@ -1,0 +1,153 @@
+"""From a complete series to the derived series: the one place the node calls inference.
+
+The worker calls a :class:`Processor` ``(route, datasets) -> ProcessResult``. The production processor is
+:class:`InferenceProcessor` around the serving client (``serving.client.TritonClient``):
+
+* reconstruction route: Raw Data instances -> :func:`serving.dicom.decode_kspace` ->
+  ``client.reconstruct(kspace [S, C, ky, kx], mask, model)`` -> float32 [S, ky, kx];
+* synthesis route: MR images -> :func:`serving.dicom.read_series` ->
+  ``client.synthesize(volume [S, H, W], source, target)`` -> float32 [S, H, W];
+
+then :func:`serving.dicom.build_derived_series`. Unit tests may pass any callable with the same
+signature (a test double); end-to-end tests use the real client against a real Triton server.
+
+Errors decide what the worker does: :func:`is_retryable` is True for "try again later" failures
+(inference server down or not ready, connection errors); a :class:`~serving.dicom.DicomInputError` or an
+inference error on bad input is permanent and the job fails at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from dicom_node.config import Route
+from serving.dicom import build_derived_series, decode_kspace, read_series
+
+__all__ = ["InferenceBackend", "InferenceProcessor", "ProcessResult", "Processor", "TransientError",
+           "is_retryable", "make_processor"]
+
+
+class TransientError(RuntimeError):
+    """A failure worth retrying later (used by processors that are not the Triton client)."""
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """The derived series of one job (datasets ready to store) and the model that made it."""
+
+    datasets: list[Dataset]
+    model: str
+    model_version: str
+
+
+class Processor(Protocol):
+    def __call__(self, route: Route, datasets: Sequence[Dataset], *, series_instance_uid: str) -> ProcessResult:
+        """Turn the instances of one complete series into its derived series (``series_instance_uid``)."""
+
+
+class InferenceBackend(Protocol):
+    """The part of ``serving.client.TritonClient`` the node uses."""
+
+    def reconstruct(self, kspace: np.ndarray, mask: np.ndarray | None, model: str = ...) -> np.ndarray: ...
+
+    def synthesize(self, images: np.ndarray, source: str, target: str) -> np.ndarray: ...
+
+    def model_info(self, name: str) -> dict: ...
+
+
+def _client_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(retryable, permanent) exception types of the serving client. If ``serving.client`` was never imported,
+    none of its exceptions can have been raised (and importing it would cost seconds)."""
+    client = sys.modules.get("serving.client")
+    if client is None:
+        return (), ()
+    return (client.InferenceUnavailable,), (client.InferenceError,)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """False for bad input (DicomInputError, inference errors on input, ValueError/TypeError/KeyError), True for
+    everything else (inference server unavailable, connection errors, timeouts, disk errors...)."""
+    retry, permanent = _client_errors()
+    if retry and isinstance(exc, retry):
+        return True
+    if isinstance(exc, TransientError):
+        return True
+    if (permanent and isinstance(exc, permanent)) or isinstance(exc, (ValueError, TypeError, KeyError)):
+        return False
+    return True
+
+
+def _description(route: Route, source: Dataset, model: str, contrast: str | None) -> str:
+    desc = str(source.get("SeriesDescription", "") or "")
+    return " ".join(route.series_description.format(description=desc, model=model, contrast=contrast or "",
+                                                    task=route.task).split())
+
+
+class InferenceProcessor:
+    """The production processor: decode, infer through ``backend``, build the derived series.
+
+    Parameters
+    ----------
+    backend : InferenceBackend (a ``serving.client.TritonClient``).
+    """
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self.backend = backend
+
+    def _version(self, model: str) -> str:
+        try:
+            info = self.backend.model_info(model) or {}
+        except Exception:  # noqa: BLE001 - the version is informative; inference itself already succeeded
+            return "unknown"
+        versions = info.get("versions") or ([info["version"]] if info.get("version") else [])
+        if not versions:
+            return "unknown"
+        return str(max(versions, key=lambda v: (len(str(v)), str(v))))
+
+    def __call__(self, route: Route, datasets: Sequence[Dataset], *, series_instance_uid: str) -> ProcessResult:
+        if route.task == "reconstruction":
+            kv = decode_kspace(datasets)
+            image = np.asarray(self.backend.reconstruct(kv.kspace, kv.mask, model=route.model), dtype=np.float32)
+            expected = (kv.kspace.shape[0], *kv.kspace.shape[2:])
+            if image.shape != expected:
+                raise ValueError(f"model {route.model} returned {image.shape}, expected float32 [S, ky, kx] "
+                                 f"{expected}")
+            model, sources, geometry, frames, contrast = route.model, kv.datasets, kv.geometry, None, kv.contrast
+            same_contrast = True
+        else:
+            sv = read_series(datasets)
+            image = np.asarray(self.backend.synthesize(sv.volume, route.source, route.target), dtype=np.float32)
+            if image.shape != sv.volume.shape:
+                raise ValueError(f"model {route.model_name} returned {image.shape}, expected {sv.volume.shape}")
+            model, sources, geometry, frames, contrast = route.model_name, sv.datasets, sv.geometry, sv.frames, \
+                route.target
+            same_contrast = False
+        version = self._version(model)
+        out = build_derived_series(
+            sources, image, model_name=model, model_version=version,
+            series_description=_description(route, sources[0], model, contrast),
+            series_number_offset=route.series_number_offset, geometry=geometry, source_frames=frames,
+            same_contrast=same_contrast, series_instance_uid=series_instance_uid)
+        return ProcessResult(out, model, version)
+
+
+def make_processor(url: str, protocol: str = "http") -> Processor:
+    """The production processor around ``serving.client.TritonClient(url, protocol)``."""
+    from serving.client import TritonClient
+
+    return InferenceProcessor(TritonClient(url=url, protocol=protocol))
+
+
+def new_series_uid(job_id: int, route: str, series_uid: str, attempt: int) -> str:
+    """Deterministic UID of a job's derived series (same job and attempt -> same UID)."""
+    return generate_uid(entropy_srcs=["mri-service derived", route, series_uid, str(job_id), str(attempt)])
+
+
+ProcessorFactory = Callable[[], Processor]

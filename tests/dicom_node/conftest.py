@@ -1,0 +1,49 @@
+"""Fixtures of the DICOM node tests: Orthanc as the PACS, the node as a subprocess, free ports."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import free_port
+from tests.dicom_node.peers import ORTHANC, NodeProcess, Orthanc, need
+
+
+@pytest.fixture
+def node_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path):
+    """Start Orthanc instances (stopped at teardown): ``orthanc_factory(modalities={...})``."""
+    started: list[Orthanc] = []
+
+    def make(modalities=None, name="pacs") -> Orthanc:
+        need(ORTHANC)
+        o = Orthanc(tmp_path / name, modalities)
+        started.append(o)
+        return o.start()
+
+    try:
+        yield make
+    finally:
+        for o in started:
+            o.stop()
+
+
+@pytest.fixture
+def node_factory():
+    """Start node subprocesses (stopped at teardown): ``node_factory(config_path, processor=...)``."""
+    started: list[NodeProcess] = []
+
+    def make(config, **kwargs) -> NodeProcess:
+        need("storescu", "echoscu")
+        n = NodeProcess(config, **kwargs)
+        started.append(n)
+        return n.start()
+
+    try:
+        yield make
+    finally:
+        for n in started:
+            n.stop()
