@@ -55,6 +55,9 @@ class TritonSettings:
     startup_timeout_s: float = 120.0
     log_verbose: int = 0
     log_file: Path | None = None
+    #: another tritonserver (e.g. /opt/tritonserver/bin/tritonserver in the NGC container) and its backends
+    binary: Path | None = None
+    backend_directory: Path | None = None
 
 
 def pytriton_dir() -> Path:
@@ -136,6 +139,7 @@ class TritonServer:
         self.shm_prefix = f"mri_triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self._log_path: Path | None = None
         self._own_log = False
+        self.backends: Path | None = None
 
     @property
     def http_url(self) -> str:
@@ -151,11 +155,11 @@ class TritonServer:
 
     def command(self) -> list[str]:
         s = self.settings
-        binary = pytriton_dir() / "bin" / "tritonserver"
+        binary = s.binary or pytriton_dir() / "bin" / "tritonserver"
         cmd = [
             str(binary),
             f"--model-repository={Path(s.repository).resolve()}",
-            f"--backend-directory={backend_directory()}",
+            f"--backend-directory={self.backends}",
             f"--http-address={s.host}", f"--http-port={s.http_port}",
             f"--grpc-address={s.host}", f"--grpc-port={s.grpc_port}",
             f"--metrics-address={s.host}", f"--metrics-port={s.metrics_port}",
@@ -174,12 +178,12 @@ class TritonServer:
     def start(self) -> TritonServer:
         s = self.settings
         self.models = check_repository(s.repository, s.model_config_name)
-        if s.model_config_name is None:
-            backends = {m.name: "onnxruntime" for m in self.models}
+        self.backends = Path(s.backend_directory) if s.backend_directory else backend_directory()
+        if s.model_config_name is None and not (self.backends / "onnxruntime").is_dir():
             raise TritonStartError(
-                f"models {sorted(backends)} use the onnxruntime backend on KIND_GPU (config.pbtxt), which the "
-                "nvidia-pytriton wheel does not ship: run them in the NGC Triton container (see Dockerfile) or "
-                "start with model_config_name='cpu'")
+                f"models {sorted(m.name for m in self.models)} use the onnxruntime backend on KIND_GPU (config.pbtxt), "
+                f"which {self.backends} does not hold (the nvidia-pytriton wheel ships only the python backend): run "
+                "them in the NGC Triton container (see Dockerfile) or start with model_config_name='cpu'")
         if s.log_file:
             self._log_path = Path(s.log_file)
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
