@@ -1,0 +1,89 @@
+"""Validated input -> Triton -> formatted answer; the same code for synchronous requests and jobs.
+
+Both functions block (Triton calls); the routes and the job runner call them in worker threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.api.errors import ApiError
+from serving.api.inference import Inference, Progress
+from serving.api.inputs import ReconInput, SynthInput
+from serving.api.outputs import OutputMeta, Rendered, render
+
+__all__ = ["ReconOptions", "SynthOptions", "reconstruct", "synthesize"]
+
+
+@dataclass(frozen=True)
+class ReconOptions:
+    model: str
+    format: str
+    slice_index: int | None = None
+    pixel_spacing_mm: float | None = None
+    slice_thickness_mm: float | None = None
+    contrast: str | None = None
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    model: str
+    format: str
+    source: str
+    target: str
+    slice_index: int | None = None
+
+
+def _recon_geometry(req: ReconInput, opts: ReconOptions, shape: tuple[int, int, int]):
+    from serving.dicom import SeriesGeometry
+
+    if req.geometry is not None and opts.pixel_spacing_mm is None and opts.slice_thickness_mm is None:
+        return req.geometry
+    s, rows, cols = shape
+    if opts.pixel_spacing_mm is not None:
+        spacing = (opts.pixel_spacing_mm, opts.pixel_spacing_mm)
+    elif req.pixel_spacing is not None:
+        spacing = req.pixel_spacing
+    else:
+        spacing = (240.0 / rows, 240.0 / cols)  # a 240 mm field of view (a head)
+    return SeriesGeometry.axial(s, (rows, cols), pixel_spacing=spacing, slice_thickness=opts.slice_thickness_mm or 5.0)
+
+
+def reconstruct(inference: Inference, req: ReconInput, opts: ReconOptions,
+                progress: Progress | None = None) -> Rendered:
+    image, maps_used = inference.reconstruct(req.kspace, req.mask, opts.model, maps=req.maps, progress=progress)
+    expected = (req.kspace.shape[0], *req.kspace.shape[2:])
+    if image.shape != expected or not np.isfinite(image).all():
+        raise ApiError(422, f"model {opts.model} returned {image.dtype} {image.shape} with "
+                            f"{int(np.size(image) - np.isfinite(image).sum())} non-finite values; expected finite "
+                            f"float32 {expected}", field="model", expected="a reconstruction model",
+                       code="bad_model_output")
+    contrast = opts.contrast or req.contrast
+    desc = " ".join(x for x in (req.description or contrast or "", f"recon {opts.model}") if x).strip()
+    meta = OutputMeta("reconstruction", opts.model, inference.version(opts.model), desc, contrast,
+                      geometry=_recon_geometry(req, opts, image.shape), sources=req.sources)
+    meta.headers["X-Coil-Maps"] = "uploaded" if maps_used else \
+        ("ignored: the model estimates coil maps" if req.maps is not None else "estimated by the model")
+    meta.headers["X-Mask"] = "uploaded" if req.mask is not None else "inferred from the sampled k-space"
+    return render(opts.format, image, meta, slice_index=opts.slice_index)
+
+
+def synthesize(inference: Inference, req: SynthInput, opts: SynthOptions,
+               progress: Progress | None = None) -> Rendered:
+    image = inference.synthesize(req.volume, opts.source, opts.target, opts.model, progress=progress)
+    if image.shape != req.volume.shape or not np.isfinite(image).all():
+        raise ApiError(422, f"model {opts.model} returned {image.dtype} {image.shape}; expected finite float32 "
+                            f"{req.volume.shape}", field="model", expected="a synthesis model",
+                       code="bad_model_output")
+    series = req.series
+    source_desc = str(series.datasets[0].get("SeriesDescription", "") or "") if series is not None else ""
+    desc = " ".join(f"{source_desc} synthetic {opts.target}".split())
+    meta = OutputMeta("synthesis", opts.model, inference.version(opts.model), desc, opts.target,
+                      geometry=series.geometry if series is not None else None,
+                      sources=series.datasets if series is not None else None,
+                      frames=series.frames if series is not None else None, nifti=req.nifti)
+    meta.headers["X-Source-Contrast"] = opts.source
+    meta.headers["X-Target-Contrast"] = opts.target
+    return render(opts.format, image, meta, slice_index=opts.slice_index)

@@ -1,0 +1,112 @@
+"""OpenAPI schemas of the JSON answers and the binary request bodies (what /docs shows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="what was wrong")
+    field: str | None = Field(None, description="query parameter, header, body part or DICOM attribute at fault")
+    expected: str | None = Field(None, description="what would have been accepted")
+    got: str | None = Field(None, description="what came (shape, dtype, value)")
+    status: int
+    code: str = Field(description="machine-readable kind: invalid_dtype, shape_mismatch, not_finite, unauthorized...")
+    request_id: str | None = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing bearer token"},
+    403: {"model": ErrorOut, "description": "the token is not valid"},
+    404: {"model": ErrorOut, "description": "unknown model, job or endpoint"},
+    422: {"model": ErrorOut, "description": "invalid input; `field` names what is wrong"},
+    503: {"model": ErrorOut, "description": "Triton is unavailable; retry later"},
+}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = ERRORS | {
+    406: {"model": ErrorOut, "description": "the Accept header names no producible format"},
+    413: {"model": ErrorOut, "description": "body over the size limit, or too many slices for a synchronous request"},
+    415: {"model": ErrorOut, "description": "unrecognised body format"},
+}
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ModelState(BaseModel):
+    name: str
+    version: str
+    state: str
+
+
+class ReadyOut(BaseModel):
+    status: str = Field(description="ready | not ready")
+    triton: str
+    models: list[ModelState] = []
+    missing_models: list[str] | None = None
+    models_not_ready: list[str] | None = None
+
+
+class ModelVersion(BaseModel):
+    version: str
+    state: str
+    reason: str | None = None
+    card: dict[str, Any] | None = Field(None, description="model_card.json of this version (training, metrics, I/O)")
+
+
+class ModelSummary(BaseModel):
+    name: str
+    task: str | None = None
+    ready: bool
+    versions: list[ModelVersion]
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class ModelDetail(ModelSummary):
+    inputs: list[dict[str, Any]] = []
+    outputs: list[dict[str, Any]] = []
+    max_batch_size: int | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    status: str = Field(description="queued | running | succeeded | failed")
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    slices_total: int | None = None
+    slices_done: int = 0
+    params: dict[str, Any] = {}
+    links: dict[str, str]
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def body_spec(description: str, raw_types: list[str], *, multipart_related: bool) -> dict:
+    """openapi_extra ``requestBody`` of an upload endpoint (the route reads the body itself)."""
+    content: dict[str, Any] = {t: _BINARY for t in raw_types}
+    content["multipart/form-data"] = {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary", "description": "the data file"},
+                       "mask": {"type": "string", "format": "binary", "description": "optional .npy mask"},
+                       "maps": {"type": "string", "format": "binary", "description": "optional .npy coil maps"}}}}
+    if multipart_related:
+        content["multipart/related"] = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
+def binary_responses(media_types: list[str], description: str) -> dict:
+    return {200: {"description": description, "content": {t: _BINARY for t in media_types}}}
