@@ -13,15 +13,18 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 export RAY_USAGE_STATS_ENABLED = 0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: help venv system-deps test test-fast run preview data bench lock clean export
+.PHONY: help venv system-deps test test-fast run preview data bench lock clean export example-data
 
 help:
-	@echo "make run          start the service on the embedded default (until serving lands: data preview)"
+	@echo "make run          start Triton, the REST API (:8080) and the DICOM node (:11112) on the shipped models"
+	@echo "make example-data write the small example inputs of the README's curl/storescu examples to examples/"
 	@echo "make test         install everything needed and run the whole test suite"
 	@echo "make preview      write docs/img/data_preview.png (sites x contrasts, coils, k-space, mask)"
 	@echo "make data         generate (and cache) the embedded multi-site phantom data set"
 	@echo "make export       export the trained runs' generators to ONNX into model_repository/ (parity-checked)"
 	@echo "make bench        run the benchmarks and write their tables to docs/"
+	@echo "make train-federated  federated reconstruction (configs/recon.yaml), then synthesis (configs/synthesis.yaml)"
+	@echo "make train-synthesis  federated T1w->T2w synthesis, 4 sites, DP-SGD (configs/synthesis.yaml, < 15 min CPU)"
 	@echo "make lock         regenerate requirements.lock from pyproject.toml"
 
 venv: $(STAMP)
@@ -58,13 +61,19 @@ preview: venv
 data: venv
 	$(PY) -m training.data_cli generate
 
-run: venv system-deps preview
-	@echo "The serving stack (Triton, REST API, DICOM node) is not built yet; 'make run' wrote the data preview:"
-	@echo "  docs/img/data_preview.png"
+# Triton (shipped model_repository/, CPU config), the REST API on :8080 and the DICOM node on :11112.
+run: venv system-deps example-data
+	$(PY) -m serving.stack
+
+# Small input files for the README's curl and storescu examples (from the embedded phantom).
+example-data: venv
+	@test -f examples/kspace.npz || $(PY) -m serving.api examples --out examples/
 
 bench: venv
 	$(PY) -m benchmarks.cs_baseline --out docs/benchmarks/cs_baseline.md
 	$(PY) -m benchmarks.serving_latency --out docs/benchmarks/serving_latency.md
+	$(PY) -m benchmarks.rest_latency --out docs/benchmarks/rest_latency.md
+	$(PY) -m benchmarks.dicom_latency --out docs/benchmarks/dicom_latency.md
 
 # Runs exported by default: those of `make train-federated` (a missing run is an error naming it).
 EXPORT_RUNS ?= runs/recon-default
@@ -81,6 +90,10 @@ lock:
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-.PHONY: train-federated
+.PHONY: train-federated train-synthesis
 train-federated: venv
 	$(PY) -m training.cli federated --config configs/recon.yaml
+	$(PY) -m training.cli federated --config configs/synthesis.yaml
+
+train-synthesis: venv
+	$(PY) -m training.cli federated --config configs/synthesis.yaml

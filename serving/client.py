@@ -1,6 +1,7 @@
 """The one module that talks to Triton (binary tensors over HTTP or gRPC; never JSON tensors).
 
-Used by both the REST API and the DICOM node::
+Used by both the REST API and the DICOM node (one instance may be shared by threads: each thread gets
+its own connection)::
 
     client = TritonClient("127.0.0.1:8000")                       # or TritonClient("127.0.0.1:8001", "grpc")
     image = client.reconstruct(kspace)                            # complex64 [S, C, ky, kx] -> float32 [S, ky, kx]
@@ -18,6 +19,7 @@ errors of this module are ``ValueError`` with the field, the expected and the re
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,17 +108,39 @@ class TritonClient:
         self.url, self.protocol, self.timeout_s = url, protocol, float(timeout_s)
         if protocol == "http":
             import tritonclient.http as tc
-
-            self._client = tc.InferenceServerClient(url, connection_timeout=min(10.0, timeout_s), network_timeout=timeout_s)
         else:
             import tritonclient.grpc as tc
-
-            self._client = tc.InferenceServerClient(url)
         self._tc = tc
+        self._local = threading.local()   # tritonclient's HTTP client must not cross threads (gevent)
+        self._all: list = []
+        self._lock = threading.Lock()
         self._max_batch: dict[str, int] = {}
 
+    @property
+    def _client(self):
+        """This thread's tritonclient connection (created on first use)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "http":
+                client = self._tc.InferenceServerClient(self.url, connection_timeout=min(10.0, self.timeout_s),
+                                                        network_timeout=self.timeout_s)
+            else:
+                client = self._tc.InferenceServerClient(self.url)
+            self._local.client = client
+            with self._lock:
+                self._all.append(client)
+        return client
+
     def close(self) -> None:
-        self._client.close()
+        """Close every thread's connection."""
+        with self._lock:
+            clients, self._all = self._all, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # closing from another thread than the one that used it
+                pass
+        self._local = threading.local()
 
     def __enter__(self) -> TritonClient:
         return self
@@ -250,5 +274,5 @@ class TritonClient:
         if not np.isfinite(x).all():
             raise ValueError("images hold NaN or Inf values")
         name = model or synthesis_model_name(source, target)
-        out = self.infer(name, {"image": x[:, None].astype(np.float32)}, ["image"])
-        return out["image"][:, 0]
+        out = self.infer(name, {"image": x[:, None].astype(np.float32)}, ["synthesized"])
+        return out["synthesized"][:, 0]

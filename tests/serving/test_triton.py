@@ -79,7 +79,7 @@ def test_every_synthesis_model_equals_onnxruntime(triton_url):
     with TritonClient(triton_url) as client:
         for name in synth:
             out = client.synthesize(x, "", "", model=name)
-            ref = onnx_reference(name, {"image": x[:, None]}, "image")[:, 0]
+            ref = onnx_reference(name, {"image": x[:, None]}, "synthesized")[:, 0]
             assert relative_error(out, ref) <= 1e-5, name
 
 
