@@ -30,5 +30,8 @@ RUN python3 -m venv /opt/venv \
 ENV PATH=/opt/venv/bin:$PATH
 
 EXPOSE 8000 8001 8002 8080 11112
-# Triton with the GPU configs (config.pbtxt) of the shipped repository.
-CMD ["tritonserver", "--model-repository=/opt/mri-service/model_repository", "--strict-model-config=true"]
+# The whole service: the container's tritonserver with its onnxruntime backend serving the GPU configs
+# (config.pbtxt, KIND_GPU) of the shipped repository, the REST API on 8080 and the DICOM node on 11112.
+# Give the API its tokens: docker run -e MRI_API_TOKENS=... (or mount a file and set MRI_API_TOKENS_FILE).
+CMD ["python", "-m", "serving.stack", "--gpu", "--host", "0.0.0.0", \
+     "--triton-binary", "/opt/tritonserver/bin/tritonserver", "--triton-backends", "/opt/tritonserver/backends"]
