@@ -76,7 +76,7 @@ bench: venv
 	$(PY) -m benchmarks.dicom_latency --out docs/benchmarks/dicom_latency.md
 
 # Runs exported by default: those of `make train-federated` (a missing run is an error naming it).
-EXPORT_RUNS ?= runs/recon-default
+EXPORT_RUNS ?= runs/recon-default runs/synthesis-default
 export: venv
 	$(PY) -m training.cli export $(foreach r,$(EXPORT_RUNS),--run-dir $(r)) --repo model_repository --version 1
 

@@ -2,6 +2,7 @@
 
     mri-train federated --config configs/recon.yaml
     mri-train federated --config configs/recon.yaml --set federation.rounds=3 --set objective.kind=hybrid
+    mri-train federated --config configs/synthesis.yaml --set privacy.noise_multiplier=2.0
     mri-train show-config --config configs/recon.yaml
     mri-train export --run-dir runs/recon-default --repo model_repository --version 1
 """
@@ -50,6 +51,7 @@ def federated(
     from tqdm import tqdm
 
     from training.federation.coordinator import latest_checkpoint, read_metrics
+    from training.federation.family import StopRun
     from training.federation.registry import family_from_yaml
     from training.federation.simulation import simulate
     from training.plots import plot_curves
@@ -76,18 +78,28 @@ def federated(
 
     def progress(rnd: int, row: dict) -> None:
         held = row.get("heldout", {})
-        bar.set_postfix({k: f"{v:.3f}" for k, v in held.items() if k in ("psnr", "ssim")})
+        eps = [m["epsilon"] for m in row.get("train", {}).values() if "epsilon" in m]
+        bar.set_postfix({**{k: f"{v:.3f}" for k, v in held.items() if k in ("psnr", "ssim")},
+                         **({"max eps": f"{max(eps):.2f}"} if eps else {})})
         bar.update(1)
-        write_summaries(run_dir, read_metrics(run_dir))
-        plot_curves(read_metrics(run_dir), run_dir / "plots" / "curves.png")
+        rows = read_metrics(run_dir)
+        write_summaries(run_dir, rows)
+        plot_curves(rows, run_dir / "plots" / "curves.png")
+        family.plot_run(rows, run_dir)
 
     t0 = time.perf_counter()
-    simulate(run_cfg, progress=progress)
+    try:
+        simulate(run_cfg, progress=progress)
+    except StopRun as exc:  # e.g. a site's privacy budget: the checkpoints so far are the result
+        bar.close()
+        typer.echo(f"run stopped: {exc.reason}", err=True)
+        raise typer.Exit(3) from None
     bar.close()
     rows = read_metrics(run_dir)
     write_summaries(run_dir, rows)
     if rows:
         plot_curves(rows, run_dir / "plots" / "curves.png")
+        family.plot_run(rows, run_dir)
         typer.echo(f"done in {time.perf_counter() - t0:.0f} s; last round: {rows[-1]['heldout']}")
     typer.echo(f"metrics: {run_dir / 'metrics.csv'}; plots: {run_dir / 'plots'}")
 

@@ -4,6 +4,8 @@ Run directory layout (``run_dir`` in the config)::
 
     config.yaml                  the resolved run configuration
     checkpoints/round_NNN.npz    shared weights after each round (the coordinator's only state)
+    checkpoints/round_NNN.json   that round's metrics record, stored with the weights (per-site training
+                                 metrics such as a site's privacy epsilon, validation, held-out)
     metrics.jsonl                one JSON record per round: per-site train and validation metrics,
                                  held-out metrics, seconds
     sites/<site>/                each site's private state in simulation (deployment: the node's state-dir)
@@ -53,6 +55,12 @@ def _truncate_metrics(run_dir: Path, last_round: int) -> None:
     path = Path(run_dir) / "metrics.jsonl"
     if path.exists():
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
 
 
 #: keys that may change between an interrupted run and its resumption
@@ -131,6 +139,7 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
         t_round[0] = now
         with open(run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        _write_json(run_dir / "checkpoints" / f"round_{g:03d}.json", row)
         if progress is not None:
             progress(g, row)
         return MetricRecord({k: float(v) for k, v in heldout.items()}) if heldout else None

@@ -52,15 +52,20 @@ def simulate(run_cfg: dict, progress: Callable[[int, dict], None] | None = None,
     if not verbose:  # Flower logs every message at INFO/DEBUG; the CLI shows a progress bar instead
         logging.getLogger("flwr").setLevel(logging.WARNING)
     cpus = num_cpus or os.cpu_count() or 1
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=len(family.train_sites),
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
-                          "logging_level": "error", "log_to_driver": True},
-        },
-    )
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=len(family.train_sites),
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,
+                              "logging_level": "error", "log_to_driver": True},
+            },
+        )
+    except Exception:
+        if failure:  # the coordinator's own error (e.g. StopRun) rather than Flower's wrapper
+            raise failure[0] from None
+        raise
     if failure:
         raise failure[0]

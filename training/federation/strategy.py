@@ -6,7 +6,9 @@ On top of Flower's :class:`~flwr.serverapp.strategy.FedAvg` it
 * ships the run configuration to every site in the round's ``ConfigRecord``;
 * refuses a reply whose arrays are not exactly the expected shared weights (names, shapes, dtypes):
   a site that tried to send its critic, a discriminator or data would be rejected, not averaged;
-* keeps per-site training and validation metrics for the run's metrics file.
+* keeps per-site training and validation metrics for the run's metrics file;
+* stops the run when a site replies with a :class:`~training.federation.family.StopRun` error (for
+  example a privacy budget that the next round would exceed); other failed replies are left out.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+
+from training.federation.family import StopRun
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class SiteFedAvg(FedAvg):
         per_site = {}
         for msg in replies:
             if msg.has_error():
+                raise_if_stop(msg)
                 continue
             check_shared_arrays(msg.content["arrays"], self.expected)
             per_site[site_of(msg)] = dict(msg.content["metrics"])
@@ -83,6 +88,14 @@ class SiteFedAvg(FedAvg):
             site_of(m): dict(m.content["metrics"]) for m in replies if not m.has_error()
         }
         return super().aggregate_evaluate(server_round, replies)
+
+
+def raise_if_stop(msg: Message) -> None:
+    """Re-raise a site's :class:`~training.federation.family.StopRun` (found in an error reply) at the coordinator."""
+    reason = str(msg.error.reason)
+    if StopRun.MARKER in reason:
+        text = reason[reason.index(StopRun.MARKER):]
+        raise StopRun(text.removesuffix("'>").strip())
 
 
 def site_of(msg: Message) -> str:

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from mrcore.data.base import SliceSource
 from mrcore.masks import make_mask
 from training.recon.config import MaskConfig
+from training.splits import split_subjects, spread  # noqa: F401  (spread: re-exported)
 
 
 @dataclass(frozen=True)
@@ -27,24 +28,8 @@ class SiteSplit:
 
 def split_by_subject(source: SliceSource, site: str, val_subjects: int) -> SiteSplit:
     """The last ``val_subjects`` subjects of ``site`` are validation subjects, the others train."""
-    subjects = source.subjects(site)
-    if len(subjects) <= val_subjects:
-        raise ValueError(
-            f"site {site!r} has {len(subjects)} subjects; need more than data.val_subjects={val_subjects}"
-        )
-    val_set = set(subjects[-val_subjects:])
-    train, val = [], []
-    for i in range(source.num_slices(site)):
-        (val if source.subject(site, i) in val_set else train).append(i)
-    return SiteSplit(tuple(train), tuple(val))
-
-
-def spread(indices: tuple[int, ...], limit: int) -> tuple[int, ...]:
-    """At most ``limit`` indices spread evenly over ``indices`` (0 = all)."""
-    if limit <= 0 or len(indices) <= limit:
-        return indices
-    pick = np.linspace(0, len(indices) - 1, limit).round().astype(int)
-    return tuple(indices[i] for i in pick)
+    parts = split_subjects(source, site, val_subjects)
+    return SiteSplit(parts["train"], parts["val"])
 
 
 class ReconSlices(Dataset):

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mrcore.metrics import nmse, psnr, ssim
 from training.models import magnitude
 from training.objectives import HybridSchedule, critic_loss, generator_adversarial_loss, l1_loss
 from training.recon.config import ObjectiveConfig
+from training.volume_metrics import volume_metrics  # noqa: F401  (re-exported for recon callers)
 
 
 def critic_view(mag: torch.Tensor) -> torch.Tensor:
@@ -106,14 +106,3 @@ def reconstruct(generator: nn.Module, loader: DataLoader) -> tuple[np.ndarray, n
         targets.append(batch["target"].numpy())
         subjects.append(batch["subject"].numpy())
     return np.concatenate(outs), np.concatenate(zfs), np.concatenate(targets), np.concatenate(subjects)
-
-
-def volume_metrics(pred: np.ndarray, target: np.ndarray, subjects: np.ndarray) -> dict[str, float]:
-    """fastMRI-style metrics: per subject volume (data range = volume max), averaged over subjects."""
-    rows = []
-    for s in np.unique(subjects):
-        sel = subjects == s
-        gt, pr = target[sel], pred[sel]
-        rows.append((psnr(gt, pr), ssim(gt, pr), nmse(gt, pr)))
-    arr = np.asarray(rows, dtype=np.float64)
-    return {"psnr": float(arr[:, 0].mean()), "ssim": float(arr[:, 1].mean()), "nmse": float(arr[:, 2].mean())}

@@ -1,0 +1,86 @@
+"""Synthesis networks: shapes at odd sizes, no BatchNorm, Opacus compatibility, the ONNX export contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from training.models.synthesis import (
+    CycleGenerators,
+    PatchDiscriminator,
+    SynthesisExport,
+    build_synthesis_generator,
+    normalise,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["resnet", "unet"])
+@pytest.mark.parametrize("shape", [(64, 64), (61, 77), (16, 33)])
+def test_generators_keep_any_shape(kind, shape):
+    g = build_synthesis_generator(kind, chans=4, depth=2, num_res_blocks=1)
+    x = torch.rand(2, 1, *shape)
+    assert g(x).shape == (2, 1, *shape)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in g.modules())
+
+
+def test_discriminator_gives_patches_and_generators_pack_both_directions():
+    d = PatchDiscriminator(chans=4, num_layers=3)
+    assert d(torch.rand(3, 1, 64, 64)).shape == (3, 1, 6, 6)
+    gens = CycleGenerators(build_synthesis_generator("resnet", 4, 1, 1), build_synthesis_generator("resnet", 4, 1, 1))
+    names = list(gens.state_dict())
+    assert names and all(n.startswith(("g_ab.", "g_ba.")) for n in names)
+    out = gens(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32), identity=True)
+    assert set(out) == {"fake_a", "fake_b", "rec_a", "rec_b", "idt_a", "idt_b"}
+
+
+def test_opacus_accepts_the_generators():
+    from opacus.validators import ModuleValidator
+
+    for kind in ("resnet", "unet"):
+        for norm in ("instance", "group"):
+            assert ModuleValidator.validate(build_synthesis_generator(kind, 4, 2, 1, norm), strict=False) == []
+
+
+def test_export_module_is_scale_invariant():
+    torch.manual_seed(0)
+    m = SynthesisExport(build_synthesis_generator("resnet", 4, 2, 1)).eval()
+    x = torch.rand(2, 1, 33, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m(1000.0 * x), rtol=1e-4, atol=1e-5)
+        assert (m(x) >= 0).all()
+    torch.testing.assert_close(normalise(x).mean(dim=(-2, -1)), torch.ones(2, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["resnet", "unet"])
+def test_onnx_export_dynamic_batch_height_width(tmp_path, kind):
+    """The lead's export call: dynamo=True, dynamic batch/height/width (>= 16); ORT matches PyTorch to 1e-5
+    relative at odd, non-square sizes and at any intensity scale."""
+    import onnxruntime as ort
+    from torch.export import Dim
+
+    torch.manual_seed(0)
+    model = SynthesisExport(build_synthesis_generator(kind, chans=4, depth=2, num_res_blocks=1)).eval()
+    path = tmp_path / f"synth_{kind}.onnx"
+    x = torch.rand(2, 1, 64, 64)
+    torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["image"], output_names=["synthesized"],
+                      dynamic_shapes={"image": {0: Dim("batch"), 2: Dim("height", min=16), 3: Dim("width", min=16)}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for b, h, w, scale in [(2, 64, 64, 1.0), (1, 61, 77, 350.0), (3, 16, 23, 0.01)]:
+        img = (scale * rng.random((b, 1, h, w))).astype(np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(img)).numpy()
+        (out,) = sess.run(None, {"image": img})
+        assert out.shape == (b, 1, h, w) and out.dtype == np.float32
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))

@@ -1,0 +1,209 @@
+"""Seed-style evaluation tables of the synthesis family (FedMed-GAN), reproducible with one command::
+
+    python -m training.synthesis.experiments all --out docs/synthesis_results.md
+    python -m training.synthesis.experiments compare        # centralized vs federated vs federated + DP
+    python -m training.synthesis.experiments partitions     # average / gradual / extreme (federated + DP)
+    python -m training.synthesis.experiments dp-grid        # noise multiplier x clip bound (federated + DP)
+
+The tables of ``docs/synthesis.md`` come from ``all`` (the 'compare' row 'federated + DP' is the default run
+``runs/synthesis-default``, reused).
+
+Every experiment is a real run with Flower's simulation engine under ``--runs-root`` (one run directory per
+row); a finished run is reused, an interrupted one resumed, so the command can be re-run to add rows.
+'compare' uses the configuration as given (the default run); 'partitions' and 'dp-grid' are short runs
+(``--partition-short`` / ``--grid-short`` overrides, fewer rounds). Metrics are the last round's held-out numbers (A->B and B->A),
+with the identity baseline (target vs source contrast) and every site's epsilon.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import typer
+import yaml
+
+log = logging.getLogger(__name__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+#: overrides of the short runs: fewer rounds; 'partitions' needs more subjects (the 'extreme' site holds 70 %
+#: of the slices), 'dp-grid' halves the data and the batch (same sample rate q as the default run)
+SHORT = ["federation.rounds=4", "federation.evaluate_sites=false"]
+PARTITION_SHORT = [*SHORT, "data.source.subjects_per_site=30"]
+GRID_SHORT = [*SHORT, "data.train_slices_total=800", "objective.batch_size=32"]
+NOISES = (0.5, 1.07, 2.0)
+#: rounds of the longer federated + DP run of 'compare' (does more compute close the gap?)
+LONG_ROUNDS = 24
+CLIPS = (0.7, 1.0, 1.3)
+
+CONFIG_OPT = typer.Option(Path("configs/synthesis.yaml"), "--config", "-c", help="Base run configuration.")
+SET_OPT = typer.Option([], "--set", "-s", help="Override for every run of the experiment (repeatable).")
+PSHORT_OPT = typer.Option(PARTITION_SHORT, "--partition-short", help="Overrides of the partition runs (repeatable).")
+GSHORT_OPT = typer.Option(GRID_SHORT, "--grid-short", help="Overrides of the DP-grid runs (repeatable).")
+ROOT_OPT = typer.Option(Path("runs/synthesis-exp"), "--runs-root", help="Directory of the experiments' runs.")
+OUT_OPT = typer.Option(Path("docs/synthesis_results.md"), "--out", help="Markdown file with the tables.")
+
+
+def run_one(config: Path, overrides: list[str], run_dir: Path) -> dict:
+    """Train (or resume, or reuse) one run; returns its summary: last held-out metrics, epsilon per site,
+    seconds of training and the run's overrides."""
+    from training.federation.coordinator import read_metrics
+    from training.federation.registry import family_from_yaml
+    from training.federation.runconfig import load_run_config
+    from training.federation.simulation import simulate
+
+    own = run_dir == _default_run_dir(config)
+    cfg = load_run_config(config, [*overrides, *([] if own else [f"run_dir={run_dir}", f"name={run_dir.name}"])])
+    rows = read_metrics(run_dir)
+    if not rows or rows[-1]["round"] < cfg["federation"]["rounds"]:
+        family = family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+        family.prepare()
+        log.info("training %s (%s)", run_dir.name, " ".join(overrides) or "base config")
+        simulate(cfg)
+        rows = read_metrics(run_dir)
+    last = rows[-1]
+    eps = {s: m["epsilon"] for s, m in last.get("train", {}).items() if "epsilon" in m}
+    return {"name": run_dir.name, "round": last["round"], "heldout": last["heldout"], "epsilon": eps,
+            "seconds": sum(r.get("seconds", 0.0) for r in rows), "overrides": overrides}
+
+
+def _default_run_dir(config: Path) -> Path:
+    """The configuration's own run directory (the default run, e.g. ``runs/synthesis-default``): the
+    federated + DP row of 'compare' without overrides *is* that run, reused when it is complete."""
+    from training.federation.runconfig import load_run_config
+
+    return Path(load_run_config(config)["run_dir"])
+
+
+def _row(label: str, r: dict) -> list:
+    h = r["heldout"]
+    eps = r["epsilon"]
+    eps_text = ", ".join(f"{s.removeprefix('hospital-')} {v:.2f}" for s, v in sorted(eps.items())) if eps else "no DP"
+    return [label, f"{h['psnr']:.2f}", f"{h['ssim']:.3f}", f"{h['mae']:.3f}", f"{h['psnr_rev']:.2f}",
+            f"{h['ssim_rev']:.3f}", eps_text, r["round"], f"{r['seconds'] / 60:.1f}"]
+
+
+HEADER = ["run", "PSNR A->B (dB)", "SSIM A->B", "MAE A->B", "PSNR B->A (dB)", "SSIM B->A",
+          "epsilon per site (delta 1e-5)", "rounds", "train min"]
+#: shares of the partition schemes for 4 sites (hospital-a first), for the table
+SHARES = {"average": "0.25 each", "gradual": "a 0.4, b 0.3, c 0.2, d 0.1", "extreme": "a 0.7, b/c/d 0.1"}
+
+
+def _identity_row(r: dict) -> list:
+    h = r["heldout"]
+    return ["identity baseline (target vs source)", f"{h['identity_psnr']:.2f}", f"{h['identity_ssim']:.3f}",
+            f"{h['identity_mae']:.3f}", f"{h['identity_psnr']:.2f}", f"{h['identity_ssim']:.3f}", "-", "-", "-"]
+
+
+def compare(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]:
+    """Centralized (pooled, no DP) vs federated (no DP) vs federated + DP, same model, rounds and data; plus
+    federated + DP with twice the rounds."""
+    from benchmarks.common import markdown_table
+
+    runs = [
+        ("centralized (pooled data, no DP)", run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / "central")),
+        ("federated (FedAvg, no DP)", run_one(config, [*base, "privacy.enabled=false"], root / "federated")),
+        ("federated + DP-SGD", run_one(config, base, _default_run_dir(config) if not base else root / "federated-dp")),
+        (f"federated + DP-SGD, {LONG_ROUNDS} rounds (2x compute)",
+         run_one(config, [*base, f"federation.rounds={LONG_ROUNDS}"], root / f"federated-dp-{LONG_ROUNDS}r")),
+    ]
+    rows = [_identity_row(runs[0][1])] + [_row(label, r) for label, r in runs]
+    return markdown_table(HEADER, rows), [r for _, r in runs]
+
+
+def partitions(config: Path, base: list[str], short: list[str], root: Path) -> tuple[str, list[dict]]:
+    """The three partition schemes of the training slices over the sites (federated + DP, short runs)."""
+    from benchmarks.common import markdown_table
+
+    runs = [(p, run_one(config, [*base, *short, f"data.partition={p}"], root / f"partition-{p}"))
+            for p in ("average", "gradual", "extreme")]
+    rows = [_identity_row(runs[0][1])] + [_row(f"{p} ({SHARES.get(p, '')})", r) for p, r in runs]
+    return markdown_table(HEADER, rows), [r for _, r in runs]
+
+
+def dp_grid(config: Path, base: list[str], short: list[str], root: Path) -> tuple[str, list[dict]]:
+    """Noise multiplier x clip bound (federated + DP, short runs): PSNR A->B and the largest site epsilon."""
+    from benchmarks.common import markdown_table
+
+    results = {}
+    for s in NOISES:
+        for c in CLIPS:
+            results[s, c] = run_one(config, [*base, *short, f"privacy.noise_multiplier={s}", f"privacy.max_grad_norm={c}"],
+                                    root / f"dp-sigma{s:g}-clip{c:g}")
+    rows = [[f"sigma = {s:g}", *[f"{results[s, c]['heldout']['psnr']:.2f} dB / {results[s, c]['heldout']['ssim']:.3f}"
+                                  for c in CLIPS], f"{max(results[s, CLIPS[0]]['epsilon'].values()):.2f}"]
+            for s in NOISES]
+    header = ["noise multiplier", *[f"clip C = {c:g}: PSNR / SSIM A->B" for c in CLIPS], "epsilon (any C)"]
+    return markdown_table(header, rows), list(results.values())
+
+
+def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list[str]) -> None:
+    from benchmarks.common import write_report
+
+    cfg = yaml.safe_load(Path(config).read_text())
+    d, priv = cfg.get("data", {}), cfg.get("privacy", {})
+    intro = (
+        f"Base config `{config}` (direction {cfg.get('synthesis', {}).get('direction', 'T1w->T2w')}, sites "
+        f"{', '.join(d.get('train_sites', []))}, {d.get('train_slices_total')} training slices, paired ratio "
+        f"{d.get('paired_ratio')}, DP sigma {priv.get('noise_multiplier')} / clip {priv.get('max_grad_norm')}"
+        + (f"; overrides for every run: `{' '.join(base)}`" if base else "") + "). Each table names the overrides of its runs.\n"
+        "Held out: the test subjects of every site (never trained on); metrics per subject volume in normalised "
+        "units (each image divided by its mean), PSNR/SSIM with the volume maximum as data range (fastMRI), "
+        "mean over subjects. 'A->B' is the configured direction, 'B->A' the second generator.\n"
+    )
+    body = intro + "".join(f"\n## {title}\n\n{table}\n" for title, table in sections)
+    write_report(out, "Synthesis results (FedMed-GAN)", "python -m training.synthesis.experiments " + " ".join(sys.argv[1:]), body)
+
+
+def _main(which: str, config: Path, set_: list[str], pshort: list[str], gshort: list[str], runs_root: Path,
+          out: Path) -> None:
+    t0 = time.perf_counter()
+    sections = []
+    if which in ("compare", "all"):
+        sections.append(("Centralized vs federated vs federated + DP (full runs of the configuration)",
+                         compare(config, set_, runs_root)[0]))
+    if which in ("partitions", "all"):
+        sections.append((f"Partitions of the training slices over the sites (federated + DP; `{' '.join(pshort)}`)",
+                         partitions(config, set_, pshort, runs_root)[0]))
+    if which in ("dp-grid", "all"):
+        sections.append((f"Noise multiplier x clip bound (federated + DP; `{' '.join(gshort)}`)",
+                         dp_grid(config, set_, gshort, runs_root)[0]))
+    _report(out, sections, config, set_)
+    typer.echo(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
+
+
+@app.command("all")
+def all_(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, partition_short: list[str] = PSHORT_OPT,
+         grid_short: list[str] = GSHORT_OPT, runs_root: Path = ROOT_OPT, out: Path = OUT_OPT) -> None:
+    """Every table: compare, partitions and the DP grid."""
+    _main("all", config, set_, partition_short, grid_short, runs_root, out)
+
+
+@app.command("compare")
+def compare_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, runs_root: Path = ROOT_OPT,
+                out: Path = OUT_OPT) -> None:
+    """Centralized vs federated vs federated + DP (full runs of the configuration)."""
+    _main("compare", config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
+
+
+@app.command("partitions")
+def partitions_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, partition_short: list[str] = PSHORT_OPT,
+                   runs_root: Path = ROOT_OPT, out: Path = OUT_OPT) -> None:
+    """average / gradual / extreme partitions (short federated + DP runs)."""
+    _main("partitions", config, set_, partition_short, GRID_SHORT, runs_root, out)
+
+
+@app.command("dp-grid")
+def dp_grid_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, grid_short: list[str] = GSHORT_OPT,
+                runs_root: Path = ROOT_OPT, out: Path = OUT_OPT) -> None:
+    """Noise multiplier {0.5, 1.07, 2.0} x clip bound {0.7, 1.0, 1.3} (short federated + DP runs)."""
+    _main("dp-grid", config, set_, PARTITION_SHORT, grid_short, runs_root, out)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("flwr", "ray", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    app()
