@@ -4,6 +4,7 @@ Registry::
 
     G = build_generator("unrolled", num_cascades=3, fft_backend="matmul")   # or "plain", "unet"
     D = build_critic(in_channels=1)
+    G_AB = build_synthesis_generator("resnet", chans=4)                   # synthesis (CycleGAN), or "unet"
 
 Tensor conventions (complex = real tensor with a trailing dim of 2) are described in
 :mod:`training.models.recon`.
@@ -20,6 +21,15 @@ from .critic import WGANCritic
 from .domain import DomainIdentifier, grad_reverse
 from .recon import PlainGenerator, ResidualCNN, UnrolledGenerator, UNetGenerator, magnitude, num_parameters
 from .sensitivity import SensitivityNet, calibration_mask
+from .synthesis import (
+    SYNTHESIS_GENERATORS,
+    CycleGenerators,
+    PatchDiscriminator,
+    ResnetGenerator,
+    SynthesisExport,
+    UNetSynthesisGenerator,
+    build_synthesis_generator,
+)
 
 GENERATORS: dict[str, type[nn.Module]] = {
     "unrolled": UnrolledGenerator,
@@ -54,6 +64,13 @@ def build_critic(**kwargs) -> WGANCritic:
 
 __all__ = [
     "GENERATORS",
+    "SYNTHESIS_GENERATORS",
+    "CycleGenerators",
+    "PatchDiscriminator",
+    "ResnetGenerator",
+    "SynthesisExport",
+    "UNetSynthesisGenerator",
+    "build_synthesis_generator",
     "DomainIdentifier",
     "PlainGenerator",
     "ResidualBlock",
