@@ -61,7 +61,15 @@ def run_one(config: Path, overrides: list[str], run_dir: Path) -> dict:
         family = family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
         family.prepare()
         log.info("training %s (%s)", run_dir.name, " ".join(overrides) or "base config")
-        simulate(cfg)
+        from tqdm import tqdm
+
+        total = int(cfg["federation"]["rounds"])
+        with tqdm(total=total, initial=rows[-1]["round"] if rows else 0, desc=run_dir.name, unit="round") as bar:
+            def progress(rnd: int, row: dict) -> None:
+                bar.set_postfix(psnr=f"{row.get('heldout', {}).get('psnr', float('nan')):.2f}")
+                bar.update(1)
+
+            simulate(cfg, progress=progress)
         rows = read_metrics(run_dir)
     last = rows[-1]
     eps = {s: m["epsilon"] for s, m in last.get("train", {}).items() if "epsilon" in m}
@@ -139,7 +147,7 @@ def dp_grid(config: Path, base: list[str], short: list[str], root: Path) -> tupl
     return markdown_table(header, rows), list(results.values())
 
 
-def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list[str]) -> None:
+def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list[str], root: Path) -> None:
     from benchmarks.common import write_report
 
     cfg = yaml.safe_load(Path(config).read_text())
@@ -151,7 +159,9 @@ def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list
         + (f"; overrides for every run: `{' '.join(base)}`" if base else "") + "). Each table names the overrides of its runs.\n"
         "Held out: the test subjects of every site (never trained on); metrics per subject volume in normalised "
         "units (each image divided by its mean), PSNR/SSIM with the volume maximum as data range (fastMRI), "
-        "mean over subjects. 'A->B' is the configured direction, 'B->A' the second generator.\n"
+        "mean over subjects. 'A->B' is the configured direction, 'B->A' the second generator. Finished runs "
+        f"under `{root}` are reused (the command trains only what is missing), so the date above may be later "
+        "than the training; 'train min' is each run's own training time.\n"
     )
     body = intro + "".join(f"\n## {title}\n\n{table}\n" for title, table in sections)
     write_report(out, "Synthesis results (FedMed-GAN)", "python -m training.synthesis.experiments " + " ".join(sys.argv[1:]), body)
@@ -170,7 +180,7 @@ def _main(which: str, config: Path, set_: list[str], pshort: list[str], gshort: 
     if which in ("dp-grid", "all"):
         sections.append((f"Noise multiplier x clip bound (federated + DP; `{' '.join(gshort)}`)",
                          dp_grid(config, set_, gshort, runs_root)[0]))
-    _report(out, sections, config, set_)
+    _report(out, sections, config, set_, runs_root)
     typer.echo(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
 
 
