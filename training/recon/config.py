@@ -9,6 +9,7 @@ from typing import Literal
 from mrcore.data.base import CONTRASTS
 from mrcore.data.sources import DataConfig
 from mrcore.masks import MASK_KINDS
+from training.federation.config import FederationConfig, check_device
 
 
 @dataclass(frozen=True)
@@ -88,21 +89,6 @@ class ObjectiveConfig:
 
 
 @dataclass(frozen=True)
-class FederationConfig:
-    """Rounds of FedAvg (weighted by number of examples)."""
-
-    rounds: int = 10
-    local_epochs: int = 1
-    resume: bool = True
-    evaluate_sites: bool = True
-    round_timeout_s: float = 3600.0
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1 or self.local_epochs < 1:
-            raise ValueError("federation.rounds and federation.local_epochs must be >= 1")
-
-
-@dataclass(frozen=True)
 class ReconRunConfig:
     """A whole reconstruction run."""
 
@@ -118,5 +104,4 @@ class ReconRunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
 
     def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device(self.device)

@@ -20,6 +20,7 @@ from mrcore.config import build, to_dict
 from mrcore.data.base import SliceSource
 from mrcore.data.sources import open_source
 from mrcore.masks import make_mask
+from training.federation.config import torch_device
 from training.federation.family import Arrays, Family, SiteUpdate
 from training.models import build_critic, build_generator
 from training.recon.config import ReconRunConfig
@@ -95,10 +96,8 @@ class ReconFamily(Family):
 
     @cached_property
     def device(self) -> torch.device:
-        """The configured torch device; a GPU that is asked for but not visible is an error, not a fallback."""
-        if self.cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device={self.cfg.device!r} was configured but no CUDA GPU is visible to torch")
-        return torch.device(self.cfg.device)
+        """The configured torch device (:func:`training.federation.config.torch_device`)."""
+        return torch_device(self.cfg.device)
 
     def generator_from(self, arrays: Arrays, fft_backend: str = "torch") -> torch.nn.Module:
         g = self.new_generator(fft_backend)

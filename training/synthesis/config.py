@@ -13,6 +13,7 @@ from typing import Literal
 from mrcore.config import ConfigError
 from mrcore.data.base import CONTRASTS
 from mrcore.data.sources import DataConfig
+from training.federation.config import FederationConfig, check_device
 from training.privacy import PrivacyConfig
 
 PARTITIONS = ("average", "gradual", "extreme")
@@ -170,18 +171,10 @@ class SynthesisObjectiveConfig:
 
 
 @dataclass(frozen=True)
-class SynthesisFederationConfig:
-    """Rounds of FedAvg (weighted by each site's number of training records)."""
+class SynthesisFederationConfig(FederationConfig):
+    """Rounds of FedAvg (weighted by each site's number of training records); 12 by default."""
 
     rounds: int = 12
-    local_epochs: int = 1
-    resume: bool = True
-    evaluate_sites: bool = True
-    round_timeout_s: float = 3600.0
-
-    def __post_init__(self) -> None:
-        if self.rounds < 1 or self.local_epochs < 1:
-            raise ConfigError("federation.rounds and federation.local_epochs must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -202,5 +195,4 @@ class SynthesisRunConfig:
     federation: SynthesisFederationConfig = field(default_factory=SynthesisFederationConfig)
 
     def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_device(self.device)

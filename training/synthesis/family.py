@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from mrcore.config import ConfigError, build, to_dict
 from mrcore.data.base import SliceSource
 from mrcore.data.sources import open_source
+from training.federation.config import torch_device
 from training.federation.family import Arrays, Family, SiteUpdate
 from training.models.synthesis import CycleGenerators, PatchDiscriminator, SynthesisExport, build_synthesis_generator
 from training.privacy import check_budget, epsilon, make_private, projected_epsilon
@@ -154,10 +155,8 @@ class SynthesisFamily(Family):
     # -- models ---------------------------------------------------------------------------------
     @cached_property
     def device(self) -> torch.device:
-        """The configured torch device; a GPU that is asked for but not visible is an error, not a fallback."""
-        if self.cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device={self.cfg.device!r} was configured but no CUDA GPU is visible to torch")
-        return torch.device(self.cfg.device)
+        """The configured torch device (:func:`training.federation.config.torch_device`)."""
+        return torch_device(self.cfg.device)
 
     def new_generator(self) -> torch.nn.Module:
         m = self.cfg.model
