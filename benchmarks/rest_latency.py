@@ -27,18 +27,10 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from benchmarks.common import markdown_table, time_call, write_report
+from benchmarks.common import free_port, markdown_table, time_call, write_report
 
 app = typer.Typer(add_completion=False, help=__doc__)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def volume(slices: int, coils: int, matrix: int, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +52,7 @@ class _Api:
     def __init__(self, triton_url: str, workdir: Path, token: str) -> None:
         import httpx
 
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MRI_API_TOKENS": token}
         self.proc = subprocess.Popen(
@@ -119,7 +111,7 @@ def main(
     np.save(body, kspace)
     payload = body.getvalue()
     token = secrets.token_urlsafe(24)
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     with TritonServer(TritonSettings(repository=repo, http_port=ports[0], grpc_port=ports[1],
                                      metrics_port=ports[2])) as triton, \
             tempfile.TemporaryDirectory() as tmp, TritonClient(triton.http_url) as client:

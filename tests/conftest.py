@@ -11,19 +11,13 @@ torch.set_num_threads(1)
 
 
 # --- a real tritonserver serving the shipped model_repository (session-wide) -------------------------
-import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from benchmarks.common import free_port  # noqa: E402,F401  (tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def triton_settings(repository: Path, **kwargs):
