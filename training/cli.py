@@ -73,7 +73,8 @@ def federated(
     total = int(run_cfg["federation"]["rounds"])
     done = latest_checkpoint(run_dir)
     start = done[0] if done else 0
-    typer.echo(f"run {run_cfg['name']}: sites {', '.join(family.train_sites)}, rounds {start}->{total}, dir {run_dir}")
+    target = f", FL-MRCM target {family.target_site}" if family.target_site else ""
+    typer.echo(f"run {run_cfg['name']}: sites {', '.join(family.train_sites)}{target}, rounds {start}->{total}, dir {run_dir}")
     bar = tqdm(total=total, initial=start, desc="federated rounds", unit="round")
 
     def progress(rnd: int, row: dict) -> None:

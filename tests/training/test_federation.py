@@ -111,3 +111,38 @@ def test_resume_gives_the_same_next_round(tmp_path):
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
     assert [r["round"] for r in read_metrics(interrupted["run_dir"])] == [1, 2]
+
+
+def test_fl_mrcm_target_sends_only_latents_and_sources_keep_their_identifiers(tmp_path):
+    """FL-MRCM through the federation: the target node trains nothing and sends only pooled latents; the
+    source sites train with them and keep their domain identifiers; only generator weights are averaged."""
+    import torch
+
+    cfg = tiny_config(tmp_path, **{"mrcm.enabled": "true", "mrcm.target_slices": 4, "mrcm.feature_pool": 2,
+                                   "data.heldout_adapt_subjects": 1, "federation.rounds": 2})
+    simulate(cfg)
+    assert latest_checkpoint(cfg["run_dir"])[0] == 2
+    family = family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+    assert family.federation_sites == ("hospital-a", "hospital-b", "hospital-c")
+
+    target_dir = tmp_path / "run" / "sites" / "hospital-c"
+    sent = [json.loads(line) for line in (target_dir / "outgoing.jsonl").read_text().splitlines()]
+    assert [s["round"] for s in sent] == [1, 2]
+    for s in sent:  # the adaptation subject's 3 slices x 8 channels x (40 / 2)^2: latents only
+        assert s["arrays"] == {"latents": [[3, 8, 20, 20], "float32"]}
+    assert not list(target_dir.glob("state_round_*.pt")), "the target site must not train"
+
+    generator_keys = set(family.initial_arrays())
+    for site in ("hospital-a", "hospital-b"):
+        lines = [json.loads(x) for x in (tmp_path / "run" / "sites" / site / "outgoing.jsonl").read_text().splitlines()]
+        assert len(lines) == 2 and all(set(x["arrays"]) == generator_keys for x in lines)
+        state = torch.load(tmp_path / "run" / "sites" / site / "state_round_002.pt", weights_only=True)
+        assert any(k.startswith("classifier") for k in state["identifier"]), "the identifier stays at the site"
+    rows = read_metrics(cfg["run_dir"])
+    for site in ("hospital-a", "hospital-b"):
+        assert {"align", "domain"} <= set(rows[-1]["train"][site])
+    assert "hospital-c" not in rows[-1]["train"] and "hospital-c" not in rows[-1]["val"]
+    # the held-out metrics leave out the adaptation subject the target's latents came from
+    adapt, tested = family._heldout_subject_split()
+    src = family.source
+    assert {src.subject("hospital-c", i) for i in adapt}.isdisjoint({src.subject("hospital-c", i) for i in tested})

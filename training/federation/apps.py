@@ -4,8 +4,10 @@ The same objects run in Flower's simulation (:mod:`training.federation.simulatio
 (``flower-superlink`` + one ``flower-supernode`` per hospital, see ``docs/federation.md``).
 
 A site learns which hospital it is from its node configuration: ``site=<name>`` (deployment) or
-``partition-id`` (simulation: the i-th training site of the config). Its private state directory is
-``state-dir`` from the node configuration, or ``<run dir>/sites/<site>`` in simulation.
+``partition-id`` (simulation: the i-th training site of the config, then FL-MRCM's target site). Its
+private state directory is ``state-dir`` from the node configuration, or ``<run dir>/sites/<site>`` in
+simulation. Besides train and evaluate messages a site answers two queries: ``site`` (its name) and, at
+FL-MRCM's target site only, ``latent-features`` (pooled latents of its own slices under the sent weights).
 """
 
 from __future__ import annotations
@@ -29,31 +31,40 @@ client_app = ClientApp()
 
 def _site_and_state_dir(context: Context, run_cfg: dict, family) -> tuple[str, Path]:
     node = context.node_config
+    sites = family.federation_sites
     if "site" in node:
         site = str(node["site"])
-        if site not in family.train_sites:
-            raise ValueError(f"node-config site={site!r} is not a training site of this run: {family.train_sites}")
+        if site not in sites:
+            raise ValueError(f"node-config site={site!r} is not a site of this run: {sites}")
     else:
         pid = int(node["partition-id"])
-        if not 0 <= pid < len(family.train_sites):
-            raise ValueError(f"partition-id {pid} out of range for {len(family.train_sites)} training sites")
-        site = family.train_sites[pid]
+        if not 0 <= pid < len(sites):
+            raise ValueError(f"partition-id {pid} out of range for the {len(sites)} sites of this run")
+        site = sites[pid]
     state_root = node.get("state-dir")
     state_dir = Path(str(state_root)) if state_root else Path(run_cfg["run_dir"]) / "sites" / site
     return site, state_dir
 
 
-def _handle(msg: Message, context: Context, train: bool) -> Message:
+def _open(msg: Message, context: Context):
     torch.set_num_threads(int(os.environ.get("MRI_SITE_THREADS", "1")))
     cfg_record = msg.content["config"]
-    text = str(cfg_record["run-config"])
-    run_cfg = yaml.safe_load(text)
+    run_cfg = yaml.safe_load(str(cfg_record["run-config"]))
     family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
     site, state_dir = _site_and_state_dir(context, run_cfg, family)
+    return cfg_record, family, site, state_dir
+
+
+def _handle(msg: Message, context: Context, train: bool) -> Message:
+    cfg_record, family, site, state_dir = _open(msg, context)
+    if site == family.target_site:
+        raise ValueError(f"site {site!r} is FL-MRCM's target: it trains and evaluates nothing")
     global_round = int(cfg_record["global-round"])
     arrays = from_record(msg.content["arrays"])
     if train:
-        update = family.train_site(site, arrays, global_round, state_dir)
+        latents = msg.content.array_records.get("target-latents")
+        target = latents["latents"].numpy() if latents is not None else None
+        update = family.train_site(site, arrays, global_round, state_dir, target_latents=target)
         audit_outgoing(state_dir, site, global_round, update.arrays, update.num_examples)
         metrics = {**update.metrics, "num-examples": int(update.num_examples)}
         content = RecordDict({
@@ -80,6 +91,24 @@ def site_train(msg: Message, context: Context) -> Message:
 def site_evaluate(msg: Message, context: Context) -> Message:
     """Validation of the global model on the hospital's own validation split; replies with numbers only."""
     return _handle(msg, context, train=False)
+
+
+@client_app.query()
+def site_query(msg: Message, context: Context) -> Message:
+    """``site``: reply with this node's site name. ``latent-features`` (target site only): the pooled latent
+    features of the site's adaptation slices under the sent weights — no weights, no images."""
+    cfg_record, family, site, state_dir = _open(msg, context)
+    kind = str(cfg_record["query"])
+    content = RecordDict({"site": ConfigRecord({"name": site})})
+    if kind == "latent-features":
+        if site != family.target_site:
+            raise ValueError(f"site {site!r} is not the target site; it sends no latent features")
+        latents = family.target_features(from_record(msg.content["arrays"]))
+        audit_outgoing(state_dir, site, int(cfg_record["global-round"]), {"latents": latents}, 0)
+        content["target-latents"] = to_record({"latents": latents})
+    elif kind != "site":
+        raise ValueError(f"unknown query {kind!r}; expected 'site' or 'latent-features'")
+    return Message(content=content, reply_to=msg)
 
 
 server_app = ServerApp()

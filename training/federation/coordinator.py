@@ -117,7 +117,9 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
         return arrays
 
     strategy = SiteFedAvg(describe(arrays), text, offset, len(family.train_sites),
-                          evaluate_sites=bool(run_cfg["federation"].get("evaluate_sites", True)))
+                          evaluate_sites=bool(run_cfg["federation"].get("evaluate_sites", True)),
+                          target_site=family.target_site,
+                          query_timeout=float(run_cfg["federation"].get("round_timeout_s", 3600)))
     t_round = [time.perf_counter()]
 
     def evaluate(server_round: int, record) -> MetricRecord | None:

@@ -69,17 +69,33 @@ class Family(ABC):
     def train_sites(self) -> tuple[str, ...]:
         """Sites that take part in training, in partition order (partition-id i is train_sites[i])."""
 
+    @property
+    def target_site(self) -> str | None:
+        """A site that trains nothing but sends latent features each round (FL-MRCM's target), or None."""
+        return None
+
+    @property
+    def federation_sites(self) -> tuple[str, ...]:
+        """Every site with a node in the federation: the training sites, then the target site if any."""
+        return self.train_sites + ((self.target_site,) if self.target_site else ())
+
+    def target_features(self, arrays: Arrays) -> np.ndarray:
+        """At the target site: latent features of its own slices under the shared ``arrays`` (FL-MRCM)."""
+        raise NotImplementedError(f"family {self.name!r} has no target site")
+
     @abstractmethod
     def initial_arrays(self) -> Arrays:
         """Freshly initialised shared weights (deterministic for a given config seed)."""
 
     @abstractmethod
-    def train_site(self, site: str, arrays: Arrays, server_round: int, state_dir: Path) -> SiteUpdate:
+    def train_site(self, site: str, arrays: Arrays, server_round: int, state_dir: Path,
+                   target_latents: np.ndarray | None = None) -> SiteUpdate:
         """Train locally at ``site`` starting from ``arrays``.
 
         ``state_dir`` is the site's private directory: critics, discriminators, optimiser states and
         privacy accountants are read from and written to it, keyed by ``server_round`` so that a
-        resumed run continues exactly where it stopped.
+        resumed run continues exactly where it stopped. ``target_latents``: the target site's latent
+        features of this round (:meth:`target_features`), when the family has a target site.
         """
 
     @abstractmethod

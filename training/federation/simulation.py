@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 def simulate(run_cfg: dict, progress: Callable[[int, dict], None] | None = None, num_cpus: int | None = None,
              verbose: bool = False) -> None:
-    """Run (or resume) the federated run ``run_cfg`` with one simulated supernode per training site."""
+    """Run (or resume) the federated run ``run_cfg`` with one simulated supernode per site (training sites,
+    then FL-MRCM's target site if any)."""
     import yaml
 
     family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
@@ -56,7 +57,7 @@ def simulate(run_cfg: dict, progress: Callable[[int, dict], None] | None = None,
         run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=len(family.train_sites),
+            num_supernodes=len(family.federation_sites),  # FL-MRCM: + the target site
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                 "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False,

@@ -8,7 +8,11 @@ On top of Flower's :class:`~flwr.serverapp.strategy.FedAvg` it
   a site that tried to send its critic, a discriminator or data would be rejected, not averaged;
 * keeps per-site training and validation metrics for the run's metrics file;
 * stops the run when a site replies with a :class:`~training.federation.family.StopRun` error (for
-  example a privacy budget that the next round would exceed); other failed replies are left out.
+  example a privacy budget that the next round would exceed); other failed replies are left out;
+* with a target site (FL-MRCM): learns which node is which site (a ``site`` query), asks the target node
+  for its latent features each round (a ``latent-features`` query, the round's shared weights attached),
+  checks the reply holds only those, and sends them to the training sites with their train message; the
+  target node is never asked to train or evaluate.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import logging
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from training.federation.family import StopRun
 
@@ -39,21 +44,30 @@ class SiteFedAvg(FedAvg):
     run_config_yaml : the run configuration, sent to the sites each round.
     round_offset : rounds already done before this start (resume).
     num_sites : number of training sites (all are sampled every round).
+    target_site : FL-MRCM's target site (one more node, which only answers feature queries), or None.
+    query_timeout : seconds to wait for the answers to a query.
     """
 
+    #: key of the target's latent features in messages (a reply from the target holds nothing else)
+    LATENTS = "target-latents"
+
     def __init__(self, expected: dict[str, tuple[tuple[int, ...], str]], run_config_yaml: str,
-                 round_offset: int, num_sites: int, evaluate_sites: bool = True) -> None:
+                 round_offset: int, num_sites: int, evaluate_sites: bool = True, target_site: str | None = None,
+                 query_timeout: float = 3600.0) -> None:
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0 if evaluate_sites else 0.0,
             min_train_nodes=num_sites,
             min_evaluate_nodes=num_sites,
-            min_available_nodes=num_sites,
+            min_available_nodes=num_sites + (1 if target_site else 0),
             weighted_by_key="num-examples",
         )
         self.expected = expected
         self.run_config_yaml = run_config_yaml
         self.round_offset = round_offset
+        self.target_site = target_site
+        self.query_timeout = query_timeout
+        self.node_sites: dict[int, str] = {}
         self.site_train_metrics: dict[int, dict[str, dict[str, float]]] = {}
         self.site_eval_metrics: dict[int, dict[str, dict[str, float]]] = {}
 
@@ -64,11 +78,64 @@ class SiteFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        return super().configure_train(server_round, arrays, self._with_run_info(server_round, config), grid)
+        config = self._with_run_info(server_round, config)
+        if self.target_site is None:
+            return super().configure_train(server_round, arrays, config, grid)
+        config["server-round"] = server_round
+        latents = self.query_target_latents(grid, arrays, config)
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config, self.LATENTS: latents})
+        return self._construct_messages(record, self.source_nodes(grid), MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return super().configure_evaluate(server_round, arrays, self._with_run_info(server_round, config), grid)
+        config = self._with_run_info(server_round, config)
+        if self.target_site is None or self.fraction_evaluate == 0.0:
+            return super().configure_evaluate(server_round, arrays, config, grid)
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, self.source_nodes(grid), MessageType.EVALUATE)
+
+    # -- FL-MRCM: which node is the target, and its latent features ------------------------------------
+    def identify_nodes(self, grid: Grid) -> dict[int, str]:
+        """node id -> site name of every connected node (asked once; again when the nodes change)."""
+        _, nodes = sample_nodes(grid, self.min_available_nodes, self.min_available_nodes)  # waits for them
+        if set(nodes) != set(self.node_sites):
+            config = ConfigRecord({"query": "site", "run-config": self.run_config_yaml})
+            messages = [Message(content=RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n)
+                        for n in nodes]
+            replies = list(grid.send_and_receive(messages, timeout=self.query_timeout))
+            failed = [m for m in replies if m.has_error()]
+            if failed or len(replies) != len(nodes):
+                reason = failed[0].error.reason if failed else f"{len(replies)} of {len(nodes)} nodes answered"
+                raise RuntimeError(f"could not identify the sites of the federation's nodes: {reason}")
+            self.node_sites = {m.metadata.src_node_id: site_of(m) for m in replies}
+            targets = [n for n, s in self.node_sites.items() if s == self.target_site]
+            if len(targets) != 1:
+                raise RuntimeError(f"FL-MRCM needs exactly one node of target site {self.target_site!r}; "
+                                   f"the nodes are {sorted(self.node_sites.values())}")
+            log.info("nodes: %s", {s: n for n, s in self.node_sites.items()})
+        return self.node_sites
+
+    def source_nodes(self, grid: Grid) -> list[int]:
+        """Node ids of the training (source) sites."""
+        return sorted(n for n, s in self.identify_nodes(grid).items() if s != self.target_site)
+
+    def query_target_latents(self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord) -> ArrayRecord:
+        """Ask the target node for its latent features under ``arrays``; returns them as an ArrayRecord."""
+        target = next(n for n, s in self.identify_nodes(grid).items() if s == self.target_site)
+        query = ConfigRecord({**dict(config), "query": "latent-features"})
+        msg = Message(content=RecordDict({self.arrayrecord_key: arrays, "config": query}),
+                      message_type=MessageType.QUERY, dst_node_id=target)
+        replies = list(grid.send_and_receive([msg], timeout=self.query_timeout))
+        if not replies or replies[0].has_error():
+            reason = replies[0].error.reason if replies else "no reply"
+            raise RuntimeError(f"target site {self.target_site!r} did not send its latent features: {reason}")
+        record = replies[0].content.array_records.get(self.LATENTS)
+        if record is None or list(record.keys()) != ["latents"] or len(replies[0].content.array_records) != 1:
+            raise SharedWeightsViolation(f"the target site's reply must carry exactly {self.LATENTS}/latents")
+        if record["latents"].numpy().ndim != 4:
+            raise SharedWeightsViolation("the target site's latents must be [N, C, h, w]")
+        return record
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)

@@ -19,6 +19,7 @@ class ReconDataConfig:
     source: DataConfig = field(default_factory=lambda: DataConfig(matrix=(128, 128), subjects_per_site=8, slices_per_subject=12))
     train_sites: tuple[str, ...] = ("hospital-a", "hospital-b", "hospital-d")
     heldout_site: str | None = "hospital-c"
+    heldout_adapt_subjects: int = 0  # first N subjects of the held-out site: unlabeled k-space for FL-MRCM, not tested
     contrasts: tuple[str, ...] = ("T2w",)
     num_coils: int = 8
     val_subjects: int = 2            # per site, split by subject
@@ -37,6 +38,10 @@ class ReconDataConfig:
             raise ValueError(f"data.heldout_site {self.heldout_site!r} is also a training site")
         if self.num_coils < 1 or self.val_subjects < 1:
             raise ValueError("data.num_coils and data.val_subjects must be >= 1")
+        if self.heldout_adapt_subjects < 0:
+            raise ValueError(f"data.heldout_adapt_subjects must be >= 0, got {self.heldout_adapt_subjects}")
+        if self.heldout_adapt_subjects and self.heldout_site is None:
+            raise ValueError("data.heldout_adapt_subjects needs data.heldout_site (the target site of FL-MRCM)")
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,32 @@ class ObjectiveConfig:
 
 
 @dataclass(frozen=True)
+class MrcmConfig:
+    """FL-MRCM (Guo et al., CVPR 2021): align the source sites' latent features with the target site's.
+
+    The target is ``data.heldout_site``: it trains nothing and shares no weights; every round it computes
+    the latent features of ``target_slices`` of its adaptation slices (the undersampled k-space of its first
+    ``data.heldout_adapt_subjects`` subjects, no fully sampled labels) with the current global generator,
+    average-pooled by ``feature_pool``, and the coordinator passes them to the source sites. Each source
+    site keeps its own domain identifier (never sent) that tells its latents from the target's; its
+    generator adds ``weight`` x the adversarial loss of fooling it.
+    """
+
+    enabled: bool = False
+    weight: float = 0.01             # adversarial alignment loss weight (the L1 loss has weight 1)
+    target_slices: int = 16          # latent feature maps the target site sends each round
+    feature_pool: int = 4            # average pooling of the [chans, H, W] latent before it is sent
+    lr: float = 1e-4                 # domain identifier's Adam learning rate
+    identifier_features: tuple[int, ...] = (32, 64)
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or self.target_slices < 1 or self.feature_pool < 1 or not self.lr > 0:
+            raise ValueError("mrcm.weight must be >= 0, mrcm.target_slices and mrcm.feature_pool >= 1, mrcm.lr > 0")
+        if not self.identifier_features or min(self.identifier_features) < 1:
+            raise ValueError("mrcm.identifier_features must be a non-empty list of channel counts >= 1")
+
+
+@dataclass(frozen=True)
 class ReconRunConfig:
     """A whole reconstruction run."""
 
@@ -102,6 +133,15 @@ class ReconRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    mrcm: MrcmConfig = field(default_factory=MrcmConfig)
 
     def __post_init__(self) -> None:
         check_device(self.device)
+        if self.mrcm.enabled:
+            if self.data.pooled:
+                raise ValueError("mrcm.enabled needs federated sites; it cannot be combined with data.pooled")
+            if not self.data.heldout_adapt_subjects:
+                raise ValueError("mrcm.enabled needs data.heldout_adapt_subjects >= 1: the target site's subjects "
+                                 "whose undersampled k-space is aligned to (they are then left out of the held-out metrics)")
+            if self.model.generator == "unet":
+                raise ValueError("mrcm.enabled needs model.generator 'unrolled' or 'plain' (the U-Net exposes no latent features)")

@@ -1,7 +1,12 @@
 """The reconstruction family as the federation layer sees it (:class:`~training.federation.family.Family`).
 
 What leaves a site: the generator's ``state_dict`` (parameters only; no BatchNorm, so no buffers).
-What stays: the WGAN critic, both Adam states and the batch counter, in ``state_dir/state_round_NNN.pt``.
+What stays: the WGAN critic, the FL-MRCM domain identifier, their and the generator's Adam states and the
+batch counter, in ``state_dir/state_round_NNN.pt``.
+
+With FL-MRCM (``mrcm.enabled``) the held-out site is the *target*: it trains nothing; each round it sends
+the pooled latent features of its adaptation slices (undersampled k-space of its first
+``data.heldout_adapt_subjects`` subjects, no labels), which the source sites align their latents with.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from training.models import build_critic, build_generator
 from training.recon.config import ReconRunConfig
 from training.recon.data import ReconSlices, split_by_subject, spread
 from training.recon.loop import reconstruct, train_epoch, volume_metrics
+from training.recon.mrcm import LatentAligner, as_target_tensor, new_identifier, pool_latent
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,11 @@ class ReconFamily(Family):
     def train_sites(self) -> tuple[str, ...]:
         return (self.POOLED,) if self.cfg.data.pooled else tuple(self.cfg.data.train_sites)
 
+    @property
+    def target_site(self) -> str | None:
+        """FL-MRCM's target site (the held-out site) when ``mrcm.enabled``, else None."""
+        return self.cfg.data.heldout_site if self.cfg.mrcm.enabled else None
+
     @cached_property
     def source(self) -> SliceSource:
         d = self.cfg.data
@@ -82,6 +93,7 @@ class ReconFamily(Family):
         m = self.cfg.mask  # an acceleration impossible for the matrix fails here, before any training
         make_mask(m.kind, shape, m.acceleration, m.center_fraction, seed=0,
                   axis=int(getattr(self.source, "phase_encode_axis", -2)))
+        self._heldout_subject_split()  # too many adaptation subjects fails here
 
     # -- models ---------------------------------------------------------------------------------
     def new_generator(self, fft_backend: str = "torch") -> torch.nn.Module:
@@ -110,14 +122,17 @@ class ReconFamily(Family):
 
     # -- data -----------------------------------------------------------------------------------
     def dataset(self, site: str, split: str) -> ReconSlices:
-        """``split`` in {'train', 'labels', 'val', 'heldout'}: 'labels' are the unpaired label subjects."""
+        """``split`` in {'train', 'labels', 'val', 'heldout', 'adapt'}: 'labels' are the unpaired label subjects;
+        'heldout' the held-out site's tested subjects, 'adapt' its FL-MRCM adaptation slices."""
         key = (site, split)
         if site == self.POOLED and key not in self._datasets:
             self._datasets[key] = ReconSlices.concat([self.dataset(s, split) for s in self.cfg.data.train_sites])
         if key not in self._datasets:
             d = self.cfg.data
             if split == "heldout":
-                indices = spread(tuple(range(self.source.num_slices(site))), d.max_eval_slices)
+                indices = spread(self._heldout_subject_split()[1], d.max_eval_slices)
+            elif split == "adapt":
+                indices = spread(self._heldout_subject_split()[0], self.cfg.mrcm.target_slices)
             else:
                 sp = split_by_subject(self.source, site, d.val_subjects)
                 if split == "val":
@@ -134,6 +149,25 @@ class ReconFamily(Family):
             )
         return self._datasets[key]
 
+    def _heldout_subject_split(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Slices of the held-out site: (adaptation subjects, tested subjects). The first
+        ``data.heldout_adapt_subjects`` subjects are FL-MRCM's unlabeled adaptation data; the metrics on
+        the held-out site use only the others, so a model is never tested on a subject it has seen."""
+        site, n_adapt = self.cfg.data.heldout_site, self.cfg.data.heldout_adapt_subjects
+        if site is None:
+            return (), ()
+        indices = tuple(range(self.source.num_slices(site)))
+        subjects: list[str] = []
+        for i in indices:
+            if self.source.subject(site, i) not in subjects:
+                subjects.append(self.source.subject(site, i))
+        if n_adapt >= len(subjects):
+            raise ValueError(f"data.heldout_adapt_subjects={n_adapt} leaves no test subject at {site!r}, which has "
+                             f"{len(subjects)} subjects")
+        adapt = set(subjects[:n_adapt])
+        return (tuple(i for i in indices if self.source.subject(site, i) in adapt),
+                tuple(i for i in indices if self.source.subject(site, i) not in adapt))
+
     def _unpaired_halves(self, site: str, train: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Unpaired training: inputs from one half of the training subjects, labels from the other."""
         subjects = []
@@ -149,9 +183,25 @@ class ReconFamily(Family):
         return inputs, labels
 
     # -- federation hooks -----------------------------------------------------------------------
-    def train_site(self, site: str, arrays: Arrays, server_round: int, state_dir: Path) -> SiteUpdate:
+    def target_features(self, arrays: Arrays) -> np.ndarray:
+        """At the target site: float32 [N, chans, ceil(H / pool), ceil(W / pool)] pooled latents of its
+        ``mrcm.target_slices`` adaptation slices under the shared ``arrays`` (only these leave the site)."""
+        if self.target_site is None:
+            raise ValueError("target_features needs mrcm.enabled")
+        generator = self.generator_from(arrays).eval()
+        latents = []
+        with torch.no_grad():
+            for batch in DataLoader(self.dataset(self.target_site, "adapt"), batch_size=4):
+                _, latent = generator(batch["kspace"].to(self.device), batch["mask"].to(self.device), return_latent=True)
+                latents.append(pool_latent(latent, self.cfg.mrcm.feature_pool).cpu().numpy())
+        return np.concatenate(latents).astype(np.float32)
+
+    def train_site(self, site: str, arrays: Arrays, server_round: int, state_dir: Path,
+                   target_latents: np.ndarray | None = None) -> SiteUpdate:
         t0 = time.perf_counter()
         cfg, obj = self.cfg, self.cfg.objective
+        if cfg.mrcm.enabled and target_latents is None:
+            raise ValueError(f"FL-MRCM: site {site!r} got no target latents this round")
         site_no = self.train_sites.index(site)  # pooled: 0
         torch.manual_seed(_seed(cfg.seed, site_no, server_round))
         generator = self.generator_from(arrays)
@@ -168,6 +218,15 @@ class ReconFamily(Family):
             if critic is not None and "critic" in state:
                 critic.load_state_dict(state["critic"])
                 opt_c.load_state_dict(state["opt_c"])
+        aligner = None
+        if cfg.mrcm.enabled:
+            identifier = new_identifier(cfg.model.chans, cfg.mrcm.identifier_features).to(self.device)
+            opt_dom = torch.optim.Adam(identifier.parameters(), lr=cfg.mrcm.lr, betas=tuple(obj.betas))
+            if previous.exists() and "identifier" in state:
+                identifier.load_state_dict(state["identifier"])
+                opt_dom.load_state_dict(state["opt_identifier"])
+            aligner = LatentAligner(identifier, opt_dom, as_target_tensor(target_latents), cfg.mrcm.feature_pool,
+                                    cfg.mrcm.weight, torch.Generator().manual_seed(_seed(cfg.seed, site_no, server_round, 9)))
         train = self.dataset(site, "train")
         labels = self.dataset(site, "labels") if obj.kind == "unpaired" else None
         loader_seed = torch.Generator().manual_seed(_seed(cfg.seed, site_no, server_round, 7))
@@ -180,10 +239,13 @@ class ReconFamily(Family):
             if labels is not None:
                 labels.set_epoch(epoch)
                 label_loader = DataLoader(labels, batch_size=obj.batch_size, shuffle=True, generator=loader_seed)
-            step, logs = train_epoch(generator, critic, opt_g, opt_c, loader, obj, step, label_loader, self.device)
+            step, logs = train_epoch(generator, critic, opt_g, opt_c, loader, obj, step, label_loader, self.device,
+                                     aligner=aligner)
         state = {"opt_g": opt_g.state_dict(), "step": step}
         if critic is not None:
             state.update(critic=critic.state_dict(), opt_c=opt_c.state_dict())
+        if aligner is not None:
+            state.update(identifier=aligner.identifier.state_dict(), opt_identifier=aligner.optimizer.state_dict())
         state_dir.mkdir(parents=True, exist_ok=True)
         tmp = state_dir / f".state_round_{server_round:03d}.pt.tmp"
         torch.save(state, tmp)

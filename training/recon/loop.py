@@ -6,7 +6,9 @@ Objectives (Lei et al.):
 * ``unpaired``: WGAN-GP — the critic compares ``|G(x)|`` with magnitude labels of *other* subjects,
   the generator minimises ``-E[D(|G(x)|)]`` (data consistency inside G anchors it to the measurements);
 * ``hybrid``: ``-(1 - lambda) E[D(|G(x)|)] + lambda L1``, lambda = 1 for the first batches, then linear
-  to ``lambda_max`` (:class:`~training.objectives.HybridSchedule`).
+  to ``lambda_max`` (:class:`~training.objectives.HybridSchedule`);
+* with FL-MRCM (``aligner``), any of these plus the latent alignment term of
+  :class:`~training.recon.mrcm.LatentAligner`, whose domain identifier takes one step per batch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch.utils.data import DataLoader
 from training.models import magnitude
 from training.objectives import HybridSchedule, critic_loss, generator_adversarial_loss, l1_loss
 from training.recon.config import ObjectiveConfig
+from training.recon.mrcm import LatentAligner
 from training.volume_metrics import volume_metrics  # noqa: F401  (re-exported for recon callers)
 
 
@@ -45,11 +48,12 @@ def train_epoch(
     step: int,
     label_loader: DataLoader | None = None,
     device: torch.device | str = "cpu",
+    aligner: LatentAligner | None = None,
 ) -> tuple[int, dict[str, float]]:
     """One pass over ``loader``; returns the new batch counter and mean losses.
 
     ``step`` is the site's running batch counter (drives the hybrid schedule); ``label_loader``
-    provides the unpaired magnitude labels (``target`` of other subjects).
+    provides the unpaired magnitude labels (``target`` of other subjects); ``aligner``: FL-MRCM.
     """
     schedule = HybridSchedule(objective.pure_l1_batches, objective.ramp_batches, objective.lambda_max)
     labels = _cycle(label_loader) if label_loader is not None else None
@@ -58,7 +62,12 @@ def train_epoch(
     generator.train()
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
-        fake = magnitude(generator(batch["kspace"], batch["mask"]), eps=1e-12)
+        latent = None
+        if aligner is not None:
+            image, latent = generator(batch["kspace"], batch["mask"], return_latent=True)
+        else:
+            image = generator(batch["kspace"], batch["mask"])
+        fake = magnitude(image, eps=1e-12)
         logs: dict[str, float] = {}
         if objective.kind == "paired":
             loss = l1_loss(fake, batch["target"])
@@ -81,6 +90,11 @@ def train_epoch(
                 loss = (1.0 - lam) * adv + lam * l1
                 logs["l1"], logs["lambda"] = float(l1.detach()), lam
             logs["adv"] = float(adv.detach())
+        if aligner is not None:
+            logs["domain"] = aligner.identifier_step(latent)
+            align = aligner.generator_loss(latent)
+            loss = loss + align
+            logs["align"] = float(align.detach())
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         opt_g.step()

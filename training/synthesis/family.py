@@ -232,7 +232,10 @@ class SynthesisFamily(Family):
                                          None, seed=0)
 
     # -- federation hooks -----------------------------------------------------------------------
-    def train_site(self, site: str, arrays: Arrays, server_round: int, state_dir: Path) -> SiteUpdate:
+    def train_site(self, site: str, arrays: Arrays, server_round: int, state_dir: Path,
+                   target_latents: np.ndarray | None = None) -> SiteUpdate:
+        if target_latents is not None:
+            raise ValueError("the synthesis family has no target site; it takes no target latents")
         t0 = time.perf_counter()
         cfg, obj, priv = self.cfg, self.cfg.objective, self.cfg.privacy
         site_no = self.train_sites.index(site)
