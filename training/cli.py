@@ -126,7 +126,7 @@ def write_summaries(run_dir: Path, rows: list[dict]) -> None:
 def evaluate_recon(
     config: Path = CONFIG_OPT,
     set_: list[str] = SET_OPT,
-    model: list[str] = typer.Option([], "--model", "-m", help="NAME=RUN_DIR of a trained run (repeatable); its last checkpoint is used."),
+    model: list[str] = typer.Option([], "--model", "-m", help="NAME=RUN_DIR[@ROUND] of a trained run (repeatable); its last checkpoint, or that round's."),
     out: Path = typer.Option(Path("docs/recon_results.md"), help="Markdown table to write."),
     cs: bool = typer.Option(True, help="Include the compressed-sensing baseline (slow: ESPIRiT + L1-wavelet per slice)."),
 ) -> None:
@@ -147,18 +147,25 @@ def evaluate_recon(
         if "=" not in item:
             raise typer.BadParameter(f"--model must be NAME=RUN_DIR, got {item!r}")
         name, run_dir = item.split("=", 1)
-        found = latest_checkpoint(Path(run_dir))
+        run_dir, _, at = run_dir.partition("@")
+        if at:  # NAME=RUN_DIR@ROUND: that round's checkpoint (compare runs at equal rounds)
+            path = Path(run_dir) / "checkpoints" / f"round_{int(at):03d}.npz"
+            if not path.exists():
+                raise typer.BadParameter(f"--model {name}: no checkpoint {path}")
+            found = (int(at), path)
+        else:
+            found = latest_checkpoint(Path(run_dir))
         if found is None:
             raise typer.BadParameter(f"--model {name}: no checkpoint in {run_dir}/checkpoints")
         trained = family_from_yaml((Path(run_dir) / "config.yaml").read_text())
-        models[name] = (trained, load_arrays(found[1]), found[0])
+        models[name] = (trained, load_arrays(found[1]), found[0], run_dir)
     lam = tune_cs_lambda(family) if cs else None
     splits = ([(family.cfg.data.heldout_site, "heldout", "Scenario 1: unseen site")] if family.cfg.data.heldout_site else [])
     splits += [(s, "val", "Scenario 2: own site") for s in family.train_sites]
     rows = []
     for site, split, scenario in splits:
         results = evaluate_split(family, site, split, cs_lambda=lam)
-        for name, (trained, arrays, _) in models.items():
+        for name, (trained, arrays, _, _) in models.items():
             # the trained run's architecture, the evaluation config's data and masks
             net = trained.generator_from(arrays)
             results[name] = evaluate_split(family, site, split, generator=net, progress=False)["model"]
@@ -171,7 +178,9 @@ def evaluate_recon(
         f"{run_cfg['mask']['kind']} mask R={run_cfg['mask']['acceleration']:g} (centre {run_cfg['mask']['center_fraction']:g}). "
         f"Metrics per subject volume (fastMRI: data range = volume max), mean over subjects. "
         + (f"CS: SigPy L1-wavelet, 30 iterations, ESPIRiT maps per slice, lambda={lam:g} chosen on training-site validation slices.\n\n" if lam else "\n\n")
-        + "Models: " + ", ".join(f"`{n}` = {Path(m[0].cfg.run_dir)} round {m[2]}" for n, m in models.items()) + "\n\n"
+        + "Models:\n\n" + "".join(
+            f"* `{n}`: `{m[3]}` round {m[2]}; objective {m[0].cfg.objective.kind}, sites {', '.join(m[0].train_sites)}"
+            + (f", FL-MRCM target {m[0].target_site}" if m[0].target_site else "") + "\n" for n, m in models.items()) + "\n"
         + markdown_table(["scenario", "test site", "method", "PSNR (dB)", "SSIM", "NMSE"], rows)
     )
     write_report(out, "Reconstruction results", "mri-train " + " ".join(sys.argv[1:]), body)

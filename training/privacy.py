@@ -46,6 +46,12 @@ class PrivacyConfig:
     poisson_sampling : bool
         Poisson sampling of batches (needed for the RDP analysis of the subsampled Gaussian mechanism;
         with False, batches are shuffled and the reported epsilon is only an approximation).
+    clipping : 'flat' | 'per_layer'
+        'flat': the per-sample gradient of all shared parameters together is clipped to C. 'per_layer':
+        each parameter tensor i is clipped to its own ``C_i = C * sqrt(n_i / n)`` (n_i its number of
+        elements, n the total), so ``sqrt(sum C_i^2) = C``: the same sensitivity, noise and epsilon, but one
+        tensor with large gradients cannot use up the whole clip budget of the others (Opacus' per-layer
+        clipping; budgets proportional to size give every clipped tensor the same signal-to-noise ratio).
     """
 
     enabled: bool = True
@@ -54,6 +60,7 @@ class PrivacyConfig:
     delta: float = 1e-5
     epsilon_budget: float | None = None
     poisson_sampling: bool = True
+    clipping: str = "flat"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
@@ -62,6 +69,8 @@ class PrivacyConfig:
             raise ConfigError(f"privacy.max_grad_norm (the clip bound) must be a number > 0, got {self.max_grad_norm!r}")
         if not 0 < self.delta < 1:
             raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
+        if self.clipping not in ("flat", "per_layer"):
+            raise ConfigError(f"privacy.clipping must be 'flat' or 'per_layer', got {self.clipping!r}")
         if self.epsilon_budget is not None and not (math.isfinite(self.epsilon_budget) and self.epsilon_budget > 0):
             raise ConfigError(f"privacy.epsilon_budget must be a number > 0 or null, got {self.epsilon_budget!r}")
 
@@ -106,6 +115,14 @@ def check_budget(cfg: PrivacyConfig, history: list | tuple, sample_rate: float, 
     return eps_next
 
 
+def per_layer_bounds(params: list[torch.Tensor], max_grad_norm: float) -> list[float]:
+    """Clip bound of each parameter tensor for per-layer clipping: ``C * sqrt(n_i / n)``, so that the bounds'
+    L2 norm (the sensitivity Opacus adds noise for) is ``max_grad_norm``."""
+    sizes = [p.numel() for p in params]
+    total = sum(sizes)
+    return [max_grad_norm * math.sqrt(n / total) for n in sizes]
+
+
 @dataclass
 class PrivateTraining:
     """The objects of one site's private local training (returned by :func:`make_private`)."""
@@ -125,12 +142,17 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, loader: Da
     noise (reproducible runs and resume; not cryptographically secure: see Opacus' ``secure_mode``).
     """
     gen = torch.Generator().manual_seed(int(noise_seed)) if noise_seed is not None else None
+    max_grad_norm: float | list[float] = cfg.max_grad_norm
+    if cfg.clipping == "per_layer":
+        max_grad_norm = per_layer_bounds([p for g in optimizer.param_groups for p in g["params"] if p.requires_grad],
+                                         cfg.max_grad_norm)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant="rdp")
         engine.accountant = accountant_from_history(history)
         module, optimizer, loader = engine.make_private(
             module=module, optimizer=optimizer, data_loader=loader, noise_multiplier=cfg.noise_multiplier,
-            max_grad_norm=cfg.max_grad_norm, poisson_sampling=cfg.poisson_sampling, noise_generator=gen,
+            max_grad_norm=max_grad_norm, poisson_sampling=cfg.poisson_sampling, noise_generator=gen,
+            clipping=cfg.clipping,
         )
     return PrivateTraining(module, optimizer, loader, engine.accountant, 1.0 / len(loader))

@@ -15,6 +15,7 @@ from training.privacy import (
     check_budget,
     epsilon,
     make_private,
+    per_layer_bounds,
     projected_epsilon,
 )
 
@@ -74,15 +75,15 @@ def test_out_of_range_dp_parameters_are_refused(key, value, match):
         build(PrivacyConfig, {key: value}, "privacy.")
 
 
-def _private_step(noise: float, clip: float, seed: int = 0):
+def _private_step(noise: float, clip: float, seed: int = 0, clipping: str = "flat"):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.GroupNorm(1, 2), nn.Flatten(), nn.Linear(2 * 8 * 8, 1))
     x = torch.randn(16, 1, 8, 8)
     y = torch.randn(16, 1)
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
-    p = make_private(net, opt, loader, PrivacyConfig(noise_multiplier=noise, max_grad_norm=clip, poisson_sampling=False),
-                     noise_seed=seed)
+    p = make_private(net, opt, loader, PrivacyConfig(noise_multiplier=noise, max_grad_norm=clip, poisson_sampling=False,
+                                                     clipping=clipping), noise_seed=seed)
     p.optimizer.zero_grad()
     loss = ((p.module(x) - y) ** 2).mean()
     loss.backward()
@@ -107,3 +108,25 @@ def test_private_step_clips_per_sample_gradients_and_adds_noise():
     torch.testing.assert_close(g_noisy, g_noisy2)
     assert (g_noisy - g_clip).std() == pytest.approx(1.0 * 0.01 / 16, rel=0.3)
     assert len(p.accountant.history) == 1 and p.accountant.history[0][2] == 1
+
+
+def test_per_layer_clipping_bounds_every_tensor_with_the_same_total_sensitivity():
+    params = [torch.zeros(2, 1, 3, 3), torch.zeros(2), torch.zeros(1, 128)]
+    bounds = per_layer_bounds(params, 1.3)
+    assert sum(b * b for b in bounds) == pytest.approx(1.3 ** 2)  # sensitivity (and noise, epsilon) unchanged
+    assert bounds[2] > bounds[0] > bounds[1]  # proportional to sqrt(size)
+    # tiny bound, no noise: every tensor's part of the per-sample gradient is clipped to its own bound
+    per_sample, g_layer, p = _private_step(1e-12, 0.01, clipping="per_layer")
+    net_params = list(p.module.parameters())
+    offset = 0
+    for q, bound in zip(net_params, per_layer_bounds(net_params, 0.01)):
+        n = q.numel()
+        assert g_layer[offset:offset + n].norm() <= bound + 1e-7
+        offset += n
+    _, g_flat, _ = _private_step(1e-12, 0.01)
+    assert not torch.allclose(g_layer, g_flat)
+    # noise: the same std as flat clipping with that C (noise multiplier x total bound / batch)
+    _, g_noisy, _ = _private_step(1.0, 0.01, seed=3, clipping="per_layer")
+    assert (g_noisy - g_layer).std() == pytest.approx(1.0 * 0.01 / 16, rel=0.3)
+    with pytest.raises(ConfigError, match="clipping must be 'flat' or 'per_layer'"):
+        build(PrivacyConfig, {"clipping": "ghost"}, "privacy.")

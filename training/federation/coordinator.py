@@ -83,6 +83,12 @@ def check_same_run(run_dir: Path, run_cfg: dict) -> None:
         return cfg
 
     saved = yaml.safe_load(saved_file.read_text())
+    try:  # fill in keys added to the schema since (their defaults keep the old behaviour)
+        from training.federation.runconfig import _absolute_paths
+
+        saved = _absolute_paths(family_from_yaml(yaml.safe_dump(saved, sort_keys=True)).config_dict())
+    except ValueError:
+        pass  # an old file the schema no longer accepts: compared as it is (and so refused)
     if strip(saved) != strip(run_cfg):
         changed = sorted(k for k in set(saved) | set(run_cfg) if strip(saved).get(k) != strip(run_cfg).get(k))
         raise RunMismatch(

@@ -45,13 +45,13 @@ class SynthesisDataConfig:
     (a hospital that never acquired one). Held out: ``test_subjects`` per site, or ``heldout_site``.
     """
 
-    source: DataConfig = field(default_factory=lambda: DataConfig(matrix=(64, 64), subjects_per_site=12, slices_per_subject=48))
+    source: DataConfig = field(default_factory=lambda: DataConfig(matrix=(64, 64), subjects_per_site=20, slices_per_subject=48))
     train_sites: tuple[str, ...] = ("hospital-a", "hospital-b", "hospital-c", "hospital-d")
     heldout_site: str | None = None
     val_subjects: int = 1
     test_subjects: int = 2
     partition: Literal["average", "gradual", "extreme"] = "average"
-    train_slices_total: int = 1600
+    train_slices_total: int = 3200
     paired_ratio: float = 0.5
     site_paired_ratio: dict = field(default_factory=dict)
     site_contrasts: dict = field(default_factory=dict)

@@ -31,8 +31,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 #: overrides of the short runs: fewer rounds; 'partitions' needs more subjects (the 'extreme' site holds 70 %
 #: of the slices), 'dp-grid' halves the data and the batch (same sample rate q as the default run)
 SHORT = ["federation.rounds=4", "federation.evaluate_sites=false"]
-PARTITION_SHORT = [*SHORT, "data.source.subjects_per_site=30"]
-GRID_SHORT = [*SHORT, "data.train_slices_total=800", "objective.batch_size=32"]
+PARTITION_SHORT = [*SHORT, "data.source.subjects_per_site=30", "data.train_slices_total=1600", "privacy.clipping=flat"]
+GRID_SHORT = [*SHORT, "data.source.subjects_per_site=12", "data.train_slices_total=800", "objective.batch_size=32",
+              "privacy.clipping=flat"]
+#: the smaller data set and flat clipping of the first default (400 records per site): the 'compare' rows
+#: on it show what 2x data per site and per-layer clipping each bring
+SMALL = ["data.source.subjects_per_site=12", "data.train_slices_total=1600", "privacy.clipping=flat"]
 NOISES = (0.5, 1.07, 2.0)
 #: rounds of the longer federated + DP run of 'compare' (does more compute close the gap?)
 LONG_ROUNDS = 24
@@ -49,13 +53,14 @@ OUT_OPT = typer.Option(Path("docs/synthesis_results.md"), "--out", help="Markdow
 def run_one(config: Path, overrides: list[str], run_dir: Path) -> dict:
     """Train (or resume, or reuse) one run; returns its summary: last held-out metrics, epsilon per site,
     seconds of training and the run's overrides."""
-    from training.federation.coordinator import read_metrics
+    from training.federation.coordinator import check_same_run, read_metrics
     from training.federation.registry import family_from_yaml
     from training.federation.runconfig import load_run_config
     from training.federation.simulation import simulate
 
     own = run_dir == _default_run_dir(config)
     cfg = load_run_config(config, [*overrides, *([] if own else [f"run_dir={run_dir}", f"name={run_dir.name}"])])
+    check_same_run(run_dir, cfg)  # a run of another configuration is never reused (RunMismatch names the keys)
     rows = read_metrics(run_dir)
     if not rows or rows[-1]["round"] < cfg["federation"]["rounds"]:
         family = family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
@@ -111,11 +116,27 @@ def compare(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]
     from benchmarks.common import markdown_table
 
     runs = [
-        ("centralized (pooled data, no DP)", run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / "central")),
-        ("federated (FedAvg, no DP)", run_one(config, [*base, "privacy.enabled=false"], root / "federated")),
-        ("federated + DP-SGD", run_one(config, base, _default_run_dir(config) if not base else root / "federated-dp")),
-        (f"federated + DP-SGD, {LONG_ROUNDS} rounds (2x compute)",
-         run_one(config, [*base, f"federation.rounds={LONG_ROUNDS}"], root / f"federated-dp-{LONG_ROUNDS}r")),
+        ("centralized (pooled data, no DP)", run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / "central-800")),
+        ("federated (FedAvg, no DP)", run_one(config, [*base, "privacy.enabled=false"], root / "federated-800")),
+        ("federated + DP-SGD (per-layer clipping)", run_one(config, base, _default_run_dir(config) if not base else root / "federated-dp")),
+    ]
+    rows = [_identity_row(runs[0][1])] + [_row(label, r) for label, r in runs]
+    return markdown_table(HEADER, rows), [r for _, r in runs]
+
+
+def compare_small(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]:
+    """The same comparison on 400 records per site (``SMALL``), with flat and per-layer clipping, and flat
+    clipping with twice the rounds."""
+    from benchmarks.common import markdown_table
+
+    small = [*base, *SMALL]
+    runs = [
+        ("centralized (pooled data, no DP)", run_one(config, [*small, "data.pooled=true", "privacy.enabled=false"], root / "central")),
+        ("federated (FedAvg, no DP)", run_one(config, [*small, "privacy.enabled=false"], root / "federated")),
+        ("federated + DP-SGD, flat clipping", run_one(config, small, root / "federated-dp-400-flat")),
+        ("federated + DP-SGD, per-layer clipping", run_one(config, [*small, "privacy.clipping=per_layer"], root / "federated-dp-400-layer")),
+        (f"federated + DP-SGD, flat clipping, {LONG_ROUNDS} rounds (2x compute)",
+         run_one(config, [*small, f"federation.rounds={LONG_ROUNDS}"], root / f"federated-dp-{LONG_ROUNDS}r")),
     ]
     rows = [_identity_row(runs[0][1])] + [_row(label, r) for label, r in runs]
     return markdown_table(HEADER, rows), [r for _, r in runs]
@@ -174,6 +195,8 @@ def _main(which: str, config: Path, set_: list[str], pshort: list[str], gshort: 
     if which in ("compare", "all"):
         sections.append(("Centralized vs federated vs federated + DP (full runs of the configuration)",
                          compare(config, set_, runs_root)[0]))
+        sections.append((f"The same on 400 records per site, flat vs per-layer clipping (`{' '.join(SMALL)}`)",
+                         compare_small(config, set_, runs_root)[0]))
     if which in ("partitions", "all"):
         sections.append((f"Partitions of the training slices over the sites (federated + DP; `{' '.join(pshort)}`)",
                          partitions(config, set_, pshort, runs_root)[0]))
