@@ -176,7 +176,8 @@ def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list
     intro = (
         f"Base config `{config}` (direction {cfg.get('synthesis', {}).get('direction', 'T1w->T2w')}, sites "
         f"{', '.join(d.get('train_sites', []))}, {d.get('train_slices_total')} training slices, paired ratio "
-        f"{d.get('paired_ratio')}, DP sigma {priv.get('noise_multiplier')} / clip {priv.get('max_grad_norm')}"
+        f"{d.get('paired_ratio')}, DP sigma {priv.get('noise_multiplier')} / clip {priv.get('max_grad_norm')} "
+        f"({priv.get('clipping', 'flat')} clipping)"
         + (f"; overrides for every run: `{' '.join(base)}`" if base else "") + "). Each table names the overrides of its runs.\n"
         "Held out: the test subjects of every site (never trained on); metrics per subject volume in normalised "
         "units (each image divided by its mean), PSNR/SSIM with the volume maximum as data range (fastMRI), "
