@@ -25,3 +25,19 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
     check_same_run(tmp_path, {**cfg, "federation": {"rounds": 9, "resume": True}})  # more rounds: fine
     with pytest.raises(RunMismatch, match="changed: mask"):
         check_same_run(tmp_path, {**cfg, "mask": {"acceleration": 8.0}})
+
+
+def test_resume_accepts_a_run_saved_before_a_key_was_added(tmp_path):
+    """A run saved before the schema gained a key (here ``mrcm``) is the same run when the new key keeps
+    its default; setting that key to something else is a change."""
+    from training.federation.runconfig import load_run_config
+
+    cfg = load_run_config(None, ["family=recon", f"run_dir={tmp_path}"])
+    old = {k: v for k, v in cfg.items() if k != "mrcm"}  # what a run written before FL-MRCM saved
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    save_arrays({"w": np.zeros(1, np.float32)}, tmp_path / "checkpoints" / "round_001.npz")
+    check_same_run(tmp_path, cfg)
+    changed = load_run_config(None, ["family=recon", f"run_dir={tmp_path}", "mrcm.enabled=true",
+                                     "data.heldout_adapt_subjects=2"])
+    with pytest.raises(RunMismatch, match="changed: data, mrcm"):
+        check_same_run(tmp_path, changed)

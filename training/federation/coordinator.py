@@ -71,6 +71,17 @@ class RunMismatch(ValueError):
     """``run_dir`` holds checkpoints of a run with another configuration."""
 
 
+def _with_defaults(cfg: dict) -> dict:
+    """``cfg`` with every key of the schema filled in: keys added since a run was saved take their
+    defaults, which keep the old behaviour. A config the schema refuses is returned as it is."""
+    from training.federation.runconfig import _absolute_paths
+
+    try:
+        return _absolute_paths(family_from_yaml(yaml.safe_dump(cfg, sort_keys=True)).config_dict())
+    except ValueError:
+        return cfg
+
+
 def check_same_run(run_dir: Path, run_cfg: dict) -> None:
     """Refuse to resume checkpoints that were trained with a different configuration."""
     saved_file = Path(run_dir) / "config.yaml"
@@ -82,13 +93,8 @@ def check_same_run(run_dir: Path, run_cfg: dict) -> None:
         cfg["federation"] = {k: v for k, v in cfg.get("federation", {}).items() if k not in RESUMABLE_KEYS}
         return cfg
 
-    saved = yaml.safe_load(saved_file.read_text())
-    try:  # fill in keys added to the schema since (their defaults keep the old behaviour)
-        from training.federation.runconfig import _absolute_paths
-
-        saved = _absolute_paths(family_from_yaml(yaml.safe_dump(saved, sort_keys=True)).config_dict())
-    except ValueError:
-        pass  # an old file the schema no longer accepts: compared as it is (and so refused)
+    saved = _with_defaults(yaml.safe_load(saved_file.read_text()))
+    run_cfg = _with_defaults(run_cfg)
     if strip(saved) != strip(run_cfg):
         changed = sorted(k for k in set(saved) | set(run_cfg) if strip(saved).get(k) != strip(run_cfg).get(k))
         raise RunMismatch(
