@@ -22,7 +22,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from training.federation.records import audit_outgoing, from_record, to_record
+from training.federation.records import TARGET_LATENTS, audit_outgoing, from_record, to_record
 from training.federation.registry import family_from_yaml
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def _site_and_state_dir(context: Context, run_cfg: dict, family) -> tuple[str, P
 
 
 def _open(msg: Message, context: Context):
+    """(config record, family, site name, private state dir) of an incoming message at this node."""
     torch.set_num_threads(int(os.environ.get("MRI_SITE_THREADS", "1")))
     cfg_record = msg.content["config"]
     run_cfg = yaml.safe_load(str(cfg_record["run-config"]))
@@ -62,7 +63,7 @@ def _handle(msg: Message, context: Context, train: bool) -> Message:
     global_round = int(cfg_record["global-round"])
     arrays = from_record(msg.content["arrays"])
     if train:
-        latents = msg.content.array_records.get("target-latents")
+        latents = msg.content.array_records.get(TARGET_LATENTS)
         target = latents["latents"].numpy() if latents is not None else None
         update = family.train_site(site, arrays, global_round, state_dir, target_latents=target)
         audit_outgoing(state_dir, site, global_round, update.arrays, update.num_examples)
@@ -105,7 +106,7 @@ def site_query(msg: Message, context: Context) -> Message:
             raise ValueError(f"site {site!r} is not the target site; it sends no latent features")
         latents = family.target_features(from_record(msg.content["arrays"]))
         audit_outgoing(state_dir, site, int(cfg_record["global-round"]), {"latents": latents}, 0)
-        content["target-latents"] = to_record({"latents": latents})
+        content[TARGET_LATENTS] = to_record({"latents": latents})
     elif kind != "site":
         raise ValueError(f"unknown query {kind!r}; expected 'site' or 'latent-features'")
     return Message(content=content, reply_to=msg)

@@ -11,6 +11,9 @@ from flwr.app import Array, ArrayRecord
 
 from training.federation.family import Arrays
 
+#: name of the record carrying FL-MRCM's target latents (the target's reply, then the sources' train messages)
+TARGET_LATENTS = "target-latents"
+
 
 def to_record(arrays: Arrays) -> ArrayRecord:
     """numpy dict -> ArrayRecord (names kept, order kept)."""

@@ -27,6 +27,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from training.federation.family import StopRun
+from training.federation.records import TARGET_LATENTS
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,6 @@ class SiteFedAvg(FedAvg):
     target_site : FL-MRCM's target site (one more node, which only answers feature queries), or None.
     query_timeout : seconds to wait for the answers to a query.
     """
-
-    #: key of the target's latent features in messages (a reply from the target holds nothing else)
-    LATENTS = "target-latents"
 
     def __init__(self, expected: dict[str, tuple[tuple[int, ...], str]], run_config_yaml: str,
                  round_offset: int, num_sites: int, evaluate_sites: bool = True, target_site: str | None = None,
@@ -83,7 +81,7 @@ class SiteFedAvg(FedAvg):
             return super().configure_train(server_round, arrays, config, grid)
         config["server-round"] = server_round
         latents = self.query_target_latents(grid, arrays, config)
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config, self.LATENTS: latents})
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config, TARGET_LATENTS: latents})
         return self._construct_messages(record, self.source_nodes(grid), MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -130,9 +128,9 @@ class SiteFedAvg(FedAvg):
         if not replies or replies[0].has_error():
             reason = replies[0].error.reason if replies else "no reply"
             raise RuntimeError(f"target site {self.target_site!r} did not send its latent features: {reason}")
-        record = replies[0].content.array_records.get(self.LATENTS)
+        record = replies[0].content.array_records.get(TARGET_LATENTS)
         if record is None or list(record.keys()) != ["latents"] or len(replies[0].content.array_records) != 1:
-            raise SharedWeightsViolation(f"the target site's reply must carry exactly {self.LATENTS}/latents")
+            raise SharedWeightsViolation(f"the target site's reply must carry exactly {TARGET_LATENTS}/latents")
         if record["latents"].numpy().ndim != 4:
             raise SharedWeightsViolation("the target site's latents must be [N, C, h, w]")
         return record

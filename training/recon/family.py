@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from torch.utils.data import DataLoader
 
 from mrcore.config import build, to_dict
 from mrcore.data.base import SliceSource
-from mrcore.data.sources import open_source
 from mrcore.masks import make_mask
 from training.federation.config import torch_device
 from training.federation.family import Arrays, Family, SiteUpdate
@@ -32,12 +30,9 @@ from training.recon.config import ReconRunConfig
 from training.recon.data import ReconSlices, split_by_subject, spread
 from training.recon.loop import reconstruct, train_epoch, volume_metrics
 from training.recon.mrcm import LatentAligner, as_target_tensor, new_identifier, pool_latent
+from training.sites import derive_seed, load_site_state, open_site_source, save_site_state
 
 log = logging.getLogger(__name__)
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(tuple(int(p) for p in parts)).generate_state(1)[0])
 
 
 class ReconFamily(Family):
@@ -73,12 +68,8 @@ class ReconFamily(Family):
     def source(self) -> SliceSource:
         d = self.cfg.data
         sites = tuple(d.train_sites) + ((d.heldout_site,) if d.heldout_site else ())
-        src_cfg = d.source
-        if src_cfg.kind == "phantom":
-            src_cfg = replace(src_cfg, sites=sites)
-        source = open_source(src_cfg)
+        source = open_site_source(d.source, sites)
         for s in sites:
-            source.check_site(s)
             for c in d.contrasts:
                 source.check_contrast(s, c)
         return source
@@ -145,7 +136,7 @@ class ReconFamily(Family):
                     indices = train
             self._datasets[key] = ReconSlices(
                 self.source, site, indices, tuple(d.contrasts), d.num_coils, self.cfg.mask,
-                seed=_seed(self.cfg.seed, self.source.sites.index(site)), train=split in ("train", "labels"),
+                seed=derive_seed(self.cfg.seed, self.source.sites.index(site)), train=split in ("train", "labels"),
             )
         return self._datasets[key]
 
@@ -157,10 +148,7 @@ class ReconFamily(Family):
         if site is None:
             return (), ()
         indices = tuple(range(self.source.num_slices(site)))
-        subjects: list[str] = []
-        for i in indices:
-            if self.source.subject(site, i) not in subjects:
-                subjects.append(self.source.subject(site, i))
+        subjects = self.source.subjects(site)
         if n_adapt >= len(subjects):
             raise ValueError(f"data.heldout_adapt_subjects={n_adapt} leaves no test subject at {site!r}, which has "
                              f"{len(subjects)} subjects")
@@ -203,33 +191,32 @@ class ReconFamily(Family):
         if cfg.mrcm.enabled and target_latents is None:
             raise ValueError(f"FL-MRCM: site {site!r} got no target latents this round")
         site_no = self.train_sites.index(site)  # pooled: 0
-        torch.manual_seed(_seed(cfg.seed, site_no, server_round))
+        torch.manual_seed(derive_seed(cfg.seed, site_no, server_round))
         generator = self.generator_from(arrays)
         adversarial = obj.kind in ("unpaired", "hybrid")
         critic = build_critic(in_channels=1).to(self.device) if adversarial else None
         opt_g = torch.optim.Adam(generator.parameters(), lr=obj.lr, betas=tuple(obj.betas))
         opt_c = torch.optim.Adam(critic.parameters(), lr=obj.lr, betas=tuple(obj.betas)) if critic else None
         step = 0
-        previous = state_dir / f"state_round_{server_round - 1:03d}.pt"
-        if previous.exists():
-            state = torch.load(previous, weights_only=True, map_location=self.device)
+        state = load_site_state(state_dir, server_round, self.device) or {}
+        if state:
             opt_g.load_state_dict(state["opt_g"])
             step = int(state["step"])
-            if critic is not None and "critic" in state:
-                critic.load_state_dict(state["critic"])
-                opt_c.load_state_dict(state["opt_c"])
+        if critic is not None and "critic" in state:
+            critic.load_state_dict(state["critic"])
+            opt_c.load_state_dict(state["opt_c"])
         aligner = None
         if cfg.mrcm.enabled:
             identifier = new_identifier(cfg.model.chans, cfg.mrcm.identifier_features).to(self.device)
             opt_dom = torch.optim.Adam(identifier.parameters(), lr=cfg.mrcm.lr, betas=tuple(obj.betas))
-            if previous.exists() and "identifier" in state:
+            if "identifier" in state:
                 identifier.load_state_dict(state["identifier"])
                 opt_dom.load_state_dict(state["opt_identifier"])
             aligner = LatentAligner(identifier, opt_dom, as_target_tensor(target_latents), cfg.mrcm.feature_pool,
-                                    cfg.mrcm.weight, torch.Generator().manual_seed(_seed(cfg.seed, site_no, server_round, 9)))
+                                    cfg.mrcm.weight, torch.Generator().manual_seed(derive_seed(cfg.seed, site_no, server_round, 9)))
         train = self.dataset(site, "train")
         labels = self.dataset(site, "labels") if obj.kind == "unpaired" else None
-        loader_seed = torch.Generator().manual_seed(_seed(cfg.seed, site_no, server_round, 7))
+        loader_seed = torch.Generator().manual_seed(derive_seed(cfg.seed, site_no, server_round, 7))
         logs: dict[str, float] = {}
         for e in range(cfg.federation.local_epochs):
             epoch = (server_round - 1) * cfg.federation.local_epochs + e
@@ -246,13 +233,7 @@ class ReconFamily(Family):
             state.update(critic=critic.state_dict(), opt_c=opt_c.state_dict())
         if aligner is not None:
             state.update(identifier=aligner.identifier.state_dict(), opt_identifier=aligner.optimizer.state_dict())
-        state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = state_dir / f".state_round_{server_round:03d}.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(state_dir / f"state_round_{server_round:03d}.pt")
-        for old in state_dir.glob("state_round_*.pt"):
-            if int(old.stem.split("_")[-1]) < server_round - 1:
-                old.unlink()
+        save_site_state(state_dir, server_round, state)
         out = {k: v.detach().cpu().numpy().copy() for k, v in generator.state_dict().items()}
         logs["seconds"] = time.perf_counter() - t0
         return SiteUpdate(out, num_examples=len(train), metrics=logs)

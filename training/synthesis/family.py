@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -23,11 +22,11 @@ from torch.utils.data import DataLoader
 
 from mrcore.config import ConfigError, build, to_dict
 from mrcore.data.base import SliceSource
-from mrcore.data.sources import open_source
 from training.federation.config import torch_device
 from training.federation.family import Arrays, Family, SiteUpdate
 from training.models.synthesis import CycleGenerators, PatchDiscriminator, SynthesisExport, build_synthesis_generator
 from training.privacy import check_budget, epsilon, make_private, projected_epsilon
+from training.sites import derive_seed, load_site_state, open_site_source, save_site_state
 from training.splits import split_subjects, spread
 from training.synthesis.config import SynthesisRunConfig, parse_direction
 from training.synthesis.data import ContrastPairs, choose_paired, partition_counts, partition_fractions
@@ -36,10 +35,6 @@ from training.synthesis.loop import train_epoch
 
 log = logging.getLogger(__name__)
 LEDGER = "privacy_ledger.jsonl"
-
-
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(tuple(int(p) for p in parts)).generate_state(1)[0])
 
 
 def read_ledger(state_dir: Path) -> list[dict]:
@@ -89,12 +84,8 @@ class SynthesisFamily(Family):
     def source(self) -> SliceSource:
         d = self.cfg.data
         sites = tuple(d.train_sites) + ((d.heldout_site,) if d.heldout_site else ())
-        src_cfg = d.source
-        if src_cfg.kind == "phantom":
-            src_cfg = replace(src_cfg, sites=sites)
-        source = open_source(src_cfg)
+        source = open_site_source(d.source, sites)
         for s in sites:
-            source.check_site(s)
             self._check_contrasts(source, s)
         return source
 
@@ -219,9 +210,9 @@ class SynthesisFamily(Family):
             indices = spread(self._split(site)["train"], self.site_counts[site])
             site_no = self.source.sites.index(site)
             ratio = float(d.site_paired_ratio.get(site, d.paired_ratio))
-            paired = choose_paired(len(indices), ratio, _seed(self.cfg.seed, site_no))
+            paired = choose_paired(len(indices), ratio, derive_seed(self.cfg.seed, site_no))
             ds = ContrastPairs.from_source(self.source, site, indices, self.contrasts, paired, self.cfg.augment,
-                                           seed=_seed(self.cfg.seed, site_no, 3))
+                                           seed=derive_seed(self.cfg.seed, site_no, 3))
         else:
             raise ValueError(f"unknown split {split!r}; expected 'train', 'val', 'test' or 'heldout'")
         self._datasets[key] = ds
@@ -239,10 +230,10 @@ class SynthesisFamily(Family):
         t0 = time.perf_counter()
         cfg, obj, priv = self.cfg, self.cfg.objective, self.cfg.privacy
         site_no = self.train_sites.index(site)
-        torch.manual_seed(_seed(cfg.seed, site_no, server_round))
+        torch.manual_seed(derive_seed(cfg.seed, site_no, server_round))
         train = self.dataset(site, "train")
         loader = DataLoader(train, batch_size=obj.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(_seed(cfg.seed, site_no, server_round, 7)))
+                            generator=torch.Generator().manual_seed(derive_seed(cfg.seed, site_no, server_round, 7)))
         ledger = read_ledger(state_dir)
         history = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in ledger]
         if priv.enabled:  # before any private data is touched this round
@@ -253,9 +244,8 @@ class SynthesisFamily(Family):
         d_a, d_b = self.new_discriminator().to(self.device), self.new_discriminator().to(self.device)
         opt_g = torch.optim.Adam(gens.parameters(), lr=obj.lr, betas=tuple(obj.betas))
         opt_d = torch.optim.Adam([*d_a.parameters(), *d_b.parameters()], lr=obj.disc_lr, betas=tuple(obj.betas))
-        previous = state_dir / f"state_round_{server_round - 1:03d}.pt"
-        if previous.exists():
-            state = torch.load(previous, weights_only=True, map_location=self.device)
+        state = load_site_state(state_dir, server_round, self.device)
+        if state is not None:
             d_a.load_state_dict(state["d_a"])
             d_b.load_state_dict(state["d_b"])
             opt_d.load_state_dict(state["opt_d"])
@@ -270,7 +260,7 @@ class SynthesisFamily(Family):
         model, private = gens, None
         if priv.enabled:
             private = make_private(gens, opt_g, loader, priv, history,
-                                   noise_seed=_seed(cfg.seed, site_no, server_round, 5))
+                                   noise_seed=derive_seed(cfg.seed, site_no, server_round, 5))
             model, opt_g, loader = private.module, private.optimizer, private.loader
         logs: dict[str, float] = {}
         steps = 0
@@ -287,14 +277,8 @@ class SynthesisFamily(Family):
                                        "delta": priv.delta, "max_grad_norm": priv.max_grad_norm})
             logs.update(epsilon=eps, delta=priv.delta)
             private.module.cleanup()  # remove Opacus hooks and attributes; the weights are gens'
-        state = {"d_a": d_a.state_dict(), "d_b": d_b.state_dict(), "opt_d": opt_d.state_dict(),
-                 "opt_g": opt_g.state_dict()}
-        tmp = state_dir / f".state_round_{server_round:03d}.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(state_dir / f"state_round_{server_round:03d}.pt")
-        for old in state_dir.glob("state_round_*.pt"):
-            if int(old.stem.split("_")[-1]) < server_round - 1:
-                old.unlink()
+        save_site_state(state_dir, server_round, {"d_a": d_a.state_dict(), "d_b": d_b.state_dict(),
+                                                  "opt_d": opt_d.state_dict(), "opt_g": opt_g.state_dict()})
         out = {k: v.detach().cpu().numpy().copy() for k, v in gens.state_dict().items()}
         logs.update(steps=steps, records=len(train), paired=train.num_paired, seconds=time.perf_counter() - t0)
         return SiteUpdate(out, num_examples=len(train), metrics=logs)
