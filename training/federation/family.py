@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mrcore.config import build, to_dict
+
 Arrays = dict[str, np.ndarray]
 
 
@@ -54,20 +56,29 @@ class Family(ABC):
 
     #: name used in config files (``family: recon``)
     name: str = ""
+    #: the dataclass schema of the family's run configuration; it has a ``data`` section with
+    #: ``train_sites`` and ``pooled``
+    config_class: type
+    #: the single site of a centralized run (``data.pooled``): every training site's data in one place
+    POOLED = "pooled"
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
 
     @classmethod
-    @abstractmethod
     def from_dict(cls, data: dict) -> Family:
         """Build the family from a plain configuration dict (validated; ConfigError on mistakes)."""
+        return cls(build(cls.config_class, data))
 
-    @abstractmethod
     def config_dict(self) -> dict:
         """The validated configuration with every default filled in, as a plain dict."""
+        return to_dict(self.cfg)
 
     @property
-    @abstractmethod
     def train_sites(self) -> tuple[str, ...]:
-        """Sites that take part in training, in partition order (partition-id i is train_sites[i])."""
+        """Sites that take part in training, in partition order (partition-id i is train_sites[i]);
+        ``('pooled',)`` for a centralized run."""
+        return (self.POOLED,) if self.cfg.data.pooled else tuple(self.cfg.data.train_sites)
 
     @property
     def target_site(self) -> str | None:

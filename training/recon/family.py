@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mrcore.config import build, to_dict
 from mrcore.data.base import SliceSource
 from mrcore.masks import make_mask
 from training.federation.config import torch_device
@@ -39,26 +38,13 @@ class ReconFamily(Family):
     """Federated unrolled reconstruction (Lei et al. generator/critic, FL-MR FedAvg)."""
 
     name = "recon"
+    config_class = ReconRunConfig
 
     def __init__(self, cfg: ReconRunConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         self._datasets: dict[tuple[str, str], ReconSlices] = {}
 
     # -- configuration --------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, data: dict) -> ReconFamily:
-        return cls(build(ReconRunConfig, data))
-
-    def config_dict(self) -> dict:
-        return to_dict(self.cfg)
-
-    #: the single site of a centralized run (``data.pooled``): every training site's data in one place
-    POOLED = "pooled"
-
-    @property
-    def train_sites(self) -> tuple[str, ...]:
-        return (self.POOLED,) if self.cfg.data.pooled else tuple(self.cfg.data.train_sites)
-
     @property
     def target_site(self) -> str | None:
         """FL-MRCM's target site (the held-out site) when ``mrcm.enabled``, else None."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mrcore.config import ConfigError, build, to_dict
+from mrcore.config import ConfigError
 from mrcore.data.base import SliceSource
 from training.federation.config import torch_device
 from training.federation.family import Arrays, Family, SiteUpdate
@@ -56,25 +56,13 @@ class SynthesisFamily(Family):
     """Federated CycleGAN synthesis between two contrasts (FedMed-GAN), optional DP-SGD on the generators."""
 
     name = "synthesis"
-    #: the single site of a centralized run (``data.pooled``)
-    POOLED = "pooled"
+    config_class = SynthesisRunConfig
 
     def __init__(self, cfg: SynthesisRunConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         self._datasets: dict[tuple[str, str], ContrastPairs] = {}
 
     # -- configuration --------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, data: dict) -> SynthesisFamily:
-        return cls(build(SynthesisRunConfig, data))
-
-    def config_dict(self) -> dict:
-        return to_dict(self.cfg)
-
-    @property
-    def train_sites(self) -> tuple[str, ...]:
-        return (self.POOLED,) if self.cfg.data.pooled else tuple(self.cfg.data.train_sites)
-
     @property
     def contrasts(self) -> tuple[str, str]:
         """(A, B): source and target contrast of ``synthesis.direction``."""
