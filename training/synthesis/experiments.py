@@ -4,6 +4,7 @@
     python -m training.synthesis.experiments compare        # centralized vs federated vs federated + DP
     python -m training.synthesis.experiments partitions     # average / gradual / extreme (federated + DP)
     python -m training.synthesis.experiments dp-grid        # noise multiplier x clip bound (federated + DP)
+    python -m training.synthesis.experiments ablation       # where the federated + DP gap comes from
 
 The tables of ``docs/synthesis.md`` come from ``all`` (the 'compare' row 'federated + DP' is the default run
 ``runs/synthesis-default``, reused).
@@ -41,6 +42,16 @@ NOISES = (0.5, 1.07, 2.0)
 #: rounds of the longer federated + DP run of 'compare' (does more compute close the gap?)
 LONG_ROUNDS = 24
 CLIPS = (0.7, 1.0, 1.3)
+#: full runs of 'ablation' (overrides of the configuration, run directory): DP's clipping without meaningful
+#: noise, the noise multiplier at full size, and the seed's Adam beta1 (0.5) against the usual DP choice (0.9)
+ABLATION = (
+    ("federated + DP clipping only (sigma 0.01: no meaningful privacy)", ["privacy.noise_multiplier=0.01"], "dp-clip-only"),
+    ("federated + DP-SGD, sigma 0.5", ["privacy.noise_multiplier=0.5"], "dp-sigma0.5-full"),
+    ("federated + DP-SGD, sigma 2.0", ["privacy.noise_multiplier=2.0"], "dp-sigma2-full"),
+    ("federated + DP-SGD, Adam betas (0.9, 0.999)", ["objective.betas=[0.9,0.999]"], "dp-beta0.9"),
+)
+#: 'ablation' also evaluates the mean of the default run's last k rounds of shared weights
+TAIL_AVERAGES = (2, 4)
 
 CONFIG_OPT = typer.Option(Path("configs/synthesis.yaml"), "--config", "-c", help="Base run configuration.")
 SET_OPT = typer.Option([], "--set", "-s", help="Override for every run of the experiment (repeatable).")
@@ -168,6 +179,55 @@ def dp_grid(config: Path, base: list[str], short: list[str], root: Path) -> tupl
     return markdown_table(header, rows), list(results.values())
 
 
+def ablation(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]:
+    """Where the gap between federated + DP and centralized comes from: full runs that remove DP's noise but
+    keep its clipping, change the noise multiplier, or change Adam's beta1, beside the 'compare' runs (reused)."""
+    from benchmarks.common import markdown_table
+
+    central = run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / "central-800")
+    runs = [
+        ("centralized (pooled data, no DP)", central),
+        ("federated (FedAvg, no DP)", run_one(config, [*base, "privacy.enabled=false"], root / "federated-800")),
+        *[(label, run_one(config, [*base, *extra], root / name)) for label, extra, name in ABLATION[:2]],
+        ("federated + DP-SGD, sigma 1.07 (the default run)",
+         run_one(config, base, _default_run_dir(config) if not base else root / "federated-dp")),
+        *[(label, run_one(config, [*base, *extra], root / name)) for label, extra, name in ABLATION[2:]],
+    ]
+    default_dir = _default_run_dir(config) if not base else root / "federated-dp"
+    runs += [(f"federated + DP-SGD, sigma 1.07, mean of the last {k} rounds' shared weights (post-processing)",
+              averaged_rounds(default_dir, k)) for k in TAIL_AVERAGES]
+    ref = central["heldout"]["psnr"]
+
+    def row(label: str, r: dict) -> list:
+        h, eps = r["heldout"], r["epsilon"]
+        eps_text = f"{max(eps.values()):.3g}" if eps else "no DP"
+        return [label, f"{h['psnr']:.2f}", f"{h['psnr'] - ref:+.2f}", f"{h['ssim']:.3f}", f"{h['psnr_rev']:.2f}",
+                eps_text, r["round"], f"{r['seconds'] / 60:.1f}"]
+
+    header = ["run", "PSNR A->B (dB)", "vs centralized (dB)", "SSIM A->B", "PSNR B->A (dB)",
+              "largest site epsilon (delta 1e-5)", "rounds", "train min"]
+    return markdown_table(header, [row(label, r) for label, r in runs]), [r for _, r in runs]
+
+
+def averaged_rounds(run_dir: Path, k: int) -> dict:
+    """Held-out metrics of the mean of a finished run's last ``k`` rounds of shared weights (a summary like
+    :func:`run_one`'s). Averaging released weights is post-processing: it costs no privacy."""
+    import numpy as np
+
+    from training.federation.coordinator import latest_checkpoint, read_metrics
+    from training.federation.records import load_arrays
+    from training.federation.registry import family_from_yaml
+
+    last, _ = latest_checkpoint(run_dir)
+    checkpoints = [load_arrays(run_dir / "checkpoints" / f"round_{r:03d}.npz") for r in range(last - k + 1, last + 1)]
+    mean = {name: np.mean([c[name] for c in checkpoints], axis=0).astype(np.float32) for name in checkpoints[-1]}
+    family = family_from_yaml((run_dir / "config.yaml").read_text())
+    rows = read_metrics(run_dir)
+    eps = {s: m["epsilon"] for s, m in rows[-1].get("train", {}).items() if "epsilon" in m}
+    return {"name": f"{run_dir.name}-mean{k}", "round": last, "heldout": family.evaluate_heldout(mean),
+            "epsilon": eps, "seconds": sum(r.get("seconds", 0.0) for r in rows), "overrides": []}
+
+
 def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list[str], root: Path) -> None:
     from benchmarks.common import write_report
 
@@ -204,6 +264,9 @@ def _main(which: str, config: Path, set_: list[str], pshort: list[str], gshort: 
     if which in ("dp-grid", "all"):
         sections.append((f"Noise multiplier x clip bound (federated + DP; `{' '.join(gshort)}`)",
                          dp_grid(config, set_, gshort, runs_root)[0]))
+    if which in ("ablation", "all"):
+        sections.append(("Where the federated + DP gap comes from (full runs of the configuration, one change each)",
+                         ablation(config, set_, runs_root)[0]))
     _report(out, sections, config, set_, runs_root)
     typer.echo(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
 
@@ -234,6 +297,13 @@ def dp_grid_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, grid_short
                 runs_root: Path = ROOT_OPT, out: Path = OUT_OPT) -> None:
     """Noise multiplier {0.5, 1.07, 2.0} x clip bound {0.7, 1.0, 1.3} (short federated + DP runs)."""
     _main("dp-grid", config, set_, PARTITION_SHORT, grid_short, runs_root, out)
+
+
+@app.command("ablation")
+def ablation_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, runs_root: Path = ROOT_OPT,
+                 out: Path = OUT_OPT) -> None:
+    """Where the federated + DP gap comes from: clipping without noise, sigma 0.5 / 2.0, Adam beta1 0.9."""
+    _main("ablation", config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
 
 
 if __name__ == "__main__":
