@@ -42,13 +42,16 @@ NOISES = (0.5, 1.07, 2.0)
 #: rounds of the longer federated + DP run of 'compare' (does more compute close the gap?)
 LONG_ROUNDS = 24
 CLIPS = (0.7, 1.0, 1.3)
-#: full runs of 'ablation' (overrides of the configuration, run directory): DP's clipping without meaningful
-#: noise, the noise multiplier at full size, and the seed's Adam beta1 (0.5) against the usual DP choice (0.9)
+#: full runs of 'ablation' (label, overrides of the configuration, run directory): DP's clipping without
+#: meaningful noise, the noise multiplier at full size, the seed's Adam beta1 (0.5) against the usual DP
+#: choice (0.9), and twice the rounds
 ABLATION = (
     ("federated + DP clipping only (sigma 0.01: no meaningful privacy)", ["privacy.noise_multiplier=0.01"], "dp-clip-only"),
     ("federated + DP-SGD, sigma 0.5", ["privacy.noise_multiplier=0.5"], "dp-sigma0.5-full"),
     ("federated + DP-SGD, sigma 2.0", ["privacy.noise_multiplier=2.0"], "dp-sigma2-full"),
     ("federated + DP-SGD, Adam betas (0.9, 0.999)", ["objective.betas=[0.9,0.999]"], "dp-beta0.9"),
+    (f"federated + DP-SGD, {LONG_ROUNDS} rounds (2x steps, compute and more epsilon)", [f"federation.rounds={LONG_ROUNDS}"],
+     f"dp-{LONG_ROUNDS}r-full"),
 )
 #: 'ablation' also evaluates the mean of the default run's last k rounds of shared weights
 TAIL_AVERAGES = (2, 4)
@@ -302,7 +305,7 @@ def dp_grid_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, grid_short
 @app.command("ablation")
 def ablation_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, runs_root: Path = ROOT_OPT,
                  out: Path = OUT_OPT) -> None:
-    """Where the federated + DP gap comes from: clipping without noise, sigma 0.5 / 2.0, Adam beta1 0.9."""
+    """Where the federated + DP gap comes from: clipping without noise, sigma 0.5 / 2.0, Adam beta1 0.9, 2x rounds."""
     _main("ablation", config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
 
 
