@@ -52,6 +52,8 @@ ABLATION = (
     ("federated + DP-SGD, Adam betas (0.9, 0.999)", ["objective.betas=[0.9,0.999]"], "dp-beta0.9"),
     (f"federated + DP-SGD, {LONG_ROUNDS} rounds (2x steps, compute and more epsilon)", [f"federation.rounds={LONG_ROUNDS}"],
      f"dp-{LONG_ROUNDS}r-full"),
+    (f"federated (FedAvg, no DP), {LONG_ROUNDS} rounds", [f"federation.rounds={LONG_ROUNDS}", "privacy.enabled=false"],
+     f"federated-{LONG_ROUNDS}r"),
 )
 #: 'ablation' also evaluates the mean of the default run's last k rounds of shared weights
 TAIL_AVERAGES = (2, 4)
