@@ -44,7 +44,7 @@ LONG_ROUNDS = 24
 CLIPS = (0.7, 1.0, 1.3)
 #: full runs of 'ablation' (label, overrides of the configuration, run directory): DP's clipping without
 #: meaningful noise, the noise multiplier at full size, the seed's Adam beta1 (0.5) against the usual DP
-#: choice (0.9), and twice the rounds
+#: choice (0.9), and twice the rounds (the table puts the default run, sigma 1.07, after the first two)
 ABLATION = (
     ("federated + DP clipping only (sigma 0.01: no meaningful privacy)", ["privacy.noise_multiplier=0.01"], "dp-clip-only"),
     ("federated + DP-SGD, sigma 0.5", ["privacy.noise_multiplier=0.5"], "dp-sigma0.5-full"),
@@ -92,9 +92,15 @@ def run_one(config: Path, overrides: list[str], run_dir: Path) -> dict:
 
             simulate(cfg, progress=progress)
         rows = read_metrics(run_dir)
+    return _summary(run_dir.name, rows, rows[-1]["heldout"], overrides)
+
+
+def _summary(name: str, rows: list[dict], heldout: dict, overrides: list[str]) -> dict:
+    """A run's summary from its metrics ``rows``: its last round and epsilon per site, the held-out metrics
+    given, and the seconds of training."""
     last = rows[-1]
     eps = {s: m["epsilon"] for s, m in last.get("train", {}).items() if "epsilon" in m}
-    return {"name": run_dir.name, "round": last["round"], "heldout": last["heldout"], "epsilon": eps,
+    return {"name": name, "round": last["round"], "heldout": heldout, "epsilon": eps,
             "seconds": sum(r.get("seconds", 0.0) for r in rows), "overrides": overrides}
 
 
@@ -126,15 +132,30 @@ def _identity_row(r: dict) -> list:
             f"{h['identity_mae']:.3f}", f"{h['identity_psnr']:.2f}", f"{h['identity_ssim']:.3f}", "-", "-", "-"]
 
 
+def _dp_run_dir(config: Path, base: list[str], root: Path) -> Path:
+    """Where the federated + DP run of the configuration is: the default run itself without overrides."""
+    return _default_run_dir(config) if not base else root / "federated-dp"
+
+
+def full_runs(config: Path, base: list[str], root: Path) -> dict[str, dict]:
+    """The full runs of the configuration that 'compare' and 'ablation' both report: 'central' (pooled, no
+    DP), 'federated' (no DP) and 'dp' (federated + DP)."""
+    return {
+        "central": run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / "central-800"),
+        "federated": run_one(config, [*base, "privacy.enabled=false"], root / "federated-800"),
+        "dp": run_one(config, base, _dp_run_dir(config, base, root)),
+    }
+
+
 def compare(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]:
-    """Centralized (pooled, no DP) vs federated (no DP) vs federated + DP, same model, rounds and data; plus
-    federated + DP with twice the rounds."""
+    """Centralized (pooled, no DP) vs federated (no DP) vs federated + DP, same model, rounds and data."""
     from benchmarks.common import markdown_table
 
+    full = full_runs(config, base, root)
     runs = [
-        ("centralized (pooled data, no DP)", run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / "central-800")),
-        ("federated (FedAvg, no DP)", run_one(config, [*base, "privacy.enabled=false"], root / "federated-800")),
-        ("federated + DP-SGD (per-layer clipping)", run_one(config, base, _default_run_dir(config) if not base else root / "federated-dp")),
+        ("centralized (pooled data, no DP)", full["central"]),
+        ("federated (FedAvg, no DP)", full["federated"]),
+        ("federated + DP-SGD (per-layer clipping)", full["dp"]),
     ]
     rows = [_identity_row(runs[0][1])] + [_row(label, r) for label, r in runs]
     return markdown_table(HEADER, rows), [r for _, r in runs]
@@ -189,19 +210,17 @@ def ablation(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]
     keep its clipping, change the noise multiplier, or change Adam's beta1, beside the 'compare' runs (reused)."""
     from benchmarks.common import markdown_table
 
-    central = run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / "central-800")
+    full = full_runs(config, base, root)
     runs = [
-        ("centralized (pooled data, no DP)", central),
-        ("federated (FedAvg, no DP)", run_one(config, [*base, "privacy.enabled=false"], root / "federated-800")),
+        ("centralized (pooled data, no DP)", full["central"]),
+        ("federated (FedAvg, no DP)", full["federated"]),
         *[(label, run_one(config, [*base, *extra], root / name)) for label, extra, name in ABLATION[:2]],
-        ("federated + DP-SGD, sigma 1.07 (the default run)",
-         run_one(config, base, _default_run_dir(config) if not base else root / "federated-dp")),
+        ("federated + DP-SGD, sigma 1.07 (the default run)", full["dp"]),
         *[(label, run_one(config, [*base, *extra], root / name)) for label, extra, name in ABLATION[2:]],
+        *[(f"federated + DP-SGD, sigma 1.07, mean of the last {k} rounds' shared weights (post-processing)",
+           averaged_rounds(_dp_run_dir(config, base, root), k)) for k in TAIL_AVERAGES],
     ]
-    default_dir = _default_run_dir(config) if not base else root / "federated-dp"
-    runs += [(f"federated + DP-SGD, sigma 1.07, mean of the last {k} rounds' shared weights (post-processing)",
-              averaged_rounds(default_dir, k)) for k in TAIL_AVERAGES]
-    ref = central["heldout"]["psnr"]
+    ref = full["central"]["heldout"]["psnr"]
 
     def row(label: str, r: dict) -> list:
         h, eps = r["heldout"], r["epsilon"]
@@ -227,10 +246,7 @@ def averaged_rounds(run_dir: Path, k: int) -> dict:
     checkpoints = [load_arrays(run_dir / "checkpoints" / f"round_{r:03d}.npz") for r in range(last - k + 1, last + 1)]
     mean = {name: np.mean([c[name] for c in checkpoints], axis=0).astype(np.float32) for name in checkpoints[-1]}
     family = family_from_yaml((run_dir / "config.yaml").read_text())
-    rows = read_metrics(run_dir)
-    eps = {s: m["epsilon"] for s, m in rows[-1].get("train", {}).items() if "epsilon" in m}
-    return {"name": f"{run_dir.name}-mean{k}", "round": last, "heldout": family.evaluate_heldout(mean),
-            "epsilon": eps, "seconds": sum(r.get("seconds", 0.0) for r in rows), "overrides": []}
+    return _summary(f"{run_dir.name}-mean{k}", read_metrics(run_dir), family.evaluate_heldout(mean), [])
 
 
 def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list[str], root: Path) -> None:
