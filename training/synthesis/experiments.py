@@ -1,13 +1,14 @@
 """Seed-style evaluation tables of the synthesis family (FedMed-GAN), reproducible with one command::
 
-    python -m training.synthesis.experiments all --out docs/synthesis_results.md
+    python -m training.synthesis.experiments all            # every table -> docs/synthesis_results.md
     python -m training.synthesis.experiments compare        # centralized vs federated vs federated + DP
     python -m training.synthesis.experiments partitions     # average / gradual / extreme (federated + DP)
     python -m training.synthesis.experiments dp-grid        # noise multiplier x clip bound (federated + DP)
     python -m training.synthesis.experiments ablation       # where the federated + DP gap comes from
 
 The tables of ``docs/synthesis.md`` come from ``all`` (the 'compare' row 'federated + DP' is the default run
-``runs/synthesis-default``, reused).
+``runs/synthesis-default``, reused). One table alone is written to ``<runs-root>/<table>.md`` (e.g.
+``runs/synthesis-exp/ablation.md``) unless ``--out`` names another file.
 
 Every experiment is a real run with Flower's simulation engine under ``--runs-root`` (one run directory per
 row); a finished run is reused, an interrupted one resumed, so the command can be re-run to add rows.
@@ -68,7 +69,11 @@ SET_OPT = typer.Option([], "--set", "-s", help="Override for every run of the ex
 PSHORT_OPT = typer.Option(PARTITION_SHORT, "--partition-short", help="Overrides of the partition runs (repeatable).")
 GSHORT_OPT = typer.Option(GRID_SHORT, "--grid-short", help="Overrides of the DP-grid runs (repeatable).")
 ROOT_OPT = typer.Option(Path("runs/synthesis-exp"), "--runs-root", help="Directory of the experiments' runs.")
-OUT_OPT = typer.Option(Path("docs/synthesis_results.md"), "--out", help="Markdown file with the tables.")
+#: where 'all' writes its tables; a single table goes to ``<runs-root>/<table>.md`` unless ``--out`` says otherwise,
+#: so that re-running one table never replaces the full report with part of it
+RESULTS_MD = Path("docs/synthesis_results.md")
+OUT_OPT = typer.Option(None, "--out", help=f"Markdown file with the tables (default: {RESULTS_MD} for 'all', "
+                                            "<runs-root>/<table>.md for one table).")
 
 
 def run_one(config: Path, overrides: list[str], run_dir: Path) -> dict:
@@ -276,8 +281,10 @@ def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list
 
 
 def _main(which: str, config: Path, set_: list[str], pshort: list[str], gshort: list[str], runs_root: Path,
-          out: Path) -> None:
+          out: Path | None) -> None:
     t0 = time.perf_counter()
+    if out is None:
+        out = RESULTS_MD if which == "all" else runs_root / f"{which}.md"
     sections = []
     if which in ("compare", "all"):
         sections.append(("Centralized vs federated vs federated + DP (full runs of the configuration)",
@@ -299,35 +306,35 @@ def _main(which: str, config: Path, set_: list[str], pshort: list[str], gshort: 
 
 @app.command("all")
 def all_(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, partition_short: list[str] = PSHORT_OPT,
-         grid_short: list[str] = GSHORT_OPT, runs_root: Path = ROOT_OPT, out: Path = OUT_OPT) -> None:
+         grid_short: list[str] = GSHORT_OPT, runs_root: Path = ROOT_OPT, out: Path | None = OUT_OPT) -> None:
     """Every table: compare, partitions and the DP grid."""
     _main("all", config, set_, partition_short, grid_short, runs_root, out)
 
 
 @app.command("compare")
 def compare_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, runs_root: Path = ROOT_OPT,
-                out: Path = OUT_OPT) -> None:
+                out: Path | None = OUT_OPT) -> None:
     """Centralized vs federated vs federated + DP (full runs of the configuration)."""
     _main("compare", config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
 
 
 @app.command("partitions")
 def partitions_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, partition_short: list[str] = PSHORT_OPT,
-                   runs_root: Path = ROOT_OPT, out: Path = OUT_OPT) -> None:
+                   runs_root: Path = ROOT_OPT, out: Path | None = OUT_OPT) -> None:
     """average / gradual / extreme partitions (short federated + DP runs)."""
     _main("partitions", config, set_, partition_short, GRID_SHORT, runs_root, out)
 
 
 @app.command("dp-grid")
 def dp_grid_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, grid_short: list[str] = GSHORT_OPT,
-                runs_root: Path = ROOT_OPT, out: Path = OUT_OPT) -> None:
+                runs_root: Path = ROOT_OPT, out: Path | None = OUT_OPT) -> None:
     """Noise multiplier {0.5, 1.07, 2.0} x clip bound {0.7, 1.0, 1.3} (short federated + DP runs)."""
     _main("dp-grid", config, set_, PARTITION_SHORT, grid_short, runs_root, out)
 
 
 @app.command("ablation")
 def ablation_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, runs_root: Path = ROOT_OPT,
-                 out: Path = OUT_OPT) -> None:
+                 out: Path | None = OUT_OPT) -> None:
     """Where the federated + DP gap comes from: clipping without noise, sigma 0.5 / 2.0, Adam beta1 0.9, 2x rounds,
     batch 128, no residual block."""
     _main("ablation", config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
