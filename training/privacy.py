@@ -52,6 +52,10 @@ class PrivacyConfig:
         elements, n the total), so ``sqrt(sum C_i^2) = C``: the same sensitivity, noise and epsilon, but one
         tensor with large gradients cannot use up the whole clip budget of the others (Opacus' per-layer
         clipping; budgets proportional to size give every clipped tensor the same signal-to-noise ratio).
+    per_layer_exponent : float
+        p in [0, 1] of per-layer clipping's budgets ``C_i ~ n_i^p`` (scaled so that ``sqrt(sum C_i^2) = C``):
+        0.5 (default) is the square root of the size above, 0 the same budget for every tensor, 1 budgets
+        proportional to the size (favouring large tensors). Ignored by 'flat'.
     """
 
     enabled: bool = True
@@ -61,6 +65,7 @@ class PrivacyConfig:
     epsilon_budget: float | None = None
     poisson_sampling: bool = True
     clipping: str = "flat"
+    per_layer_exponent: float = 0.5
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
@@ -71,6 +76,8 @@ class PrivacyConfig:
             raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
         if self.clipping not in ("flat", "per_layer"):
             raise ConfigError(f"privacy.clipping must be 'flat' or 'per_layer', got {self.clipping!r}")
+        if not (math.isfinite(self.per_layer_exponent) and 0 <= self.per_layer_exponent <= 1):
+            raise ConfigError(f"privacy.per_layer_exponent must be a number in [0, 1], got {self.per_layer_exponent!r}")
         if self.epsilon_budget is not None and not (math.isfinite(self.epsilon_budget) and self.epsilon_budget > 0):
             raise ConfigError(f"privacy.epsilon_budget must be a number > 0 or null, got {self.epsilon_budget!r}")
 
@@ -115,12 +122,13 @@ def check_budget(cfg: PrivacyConfig, history: list | tuple, sample_rate: float, 
     return eps_next
 
 
-def per_layer_bounds(params: list[torch.Tensor], max_grad_norm: float) -> list[float]:
-    """Clip bound of each parameter tensor for per-layer clipping: ``C * sqrt(n_i / n)``, so that the bounds'
-    L2 norm (the sensitivity Opacus adds noise for) is ``max_grad_norm``."""
-    sizes = [p.numel() for p in params]
-    total = sum(sizes)
-    return [max_grad_norm * math.sqrt(n / total) for n in sizes]
+def per_layer_bounds(params: list[torch.Tensor], max_grad_norm: float, exponent: float = 0.5) -> list[float]:
+    """Clip bound of each parameter tensor for per-layer clipping: ``C_i ~ n_i ** exponent`` (n_i its number of
+    elements; 0.5: ``C * sqrt(n_i / n)``), scaled so that the bounds' L2 norm (the sensitivity Opacus adds noise
+    for) is ``max_grad_norm``."""
+    weights = [p.numel() ** exponent for p in params]
+    norm = math.sqrt(sum(w * w for w in weights))
+    return [max_grad_norm * w / norm for w in weights]
 
 
 @dataclass
@@ -145,7 +153,7 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, loader: Da
     max_grad_norm: float | list[float] = cfg.max_grad_norm
     if cfg.clipping == "per_layer":
         max_grad_norm = per_layer_bounds([p for g in optimizer.param_groups for p in g["params"] if p.requires_grad],
-                                         cfg.max_grad_norm)
+                                         cfg.max_grad_norm, cfg.per_layer_exponent)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         engine = PrivacyEngine(accountant="rdp")

@@ -69,6 +69,8 @@ def test_budget_check_stops_before_the_round_that_would_exceed_it():
     ("delta", 1.0, r"delta must be in \(0, 1\)"),
     ("delta", 0.0, r"delta must be in \(0, 1\)"),
     ("epsilon_budget", -2.0, "epsilon_budget must be a number > 0"),
+    ("per_layer_exponent", -0.5, r"per_layer_exponent must be a number in \[0, 1\]"),
+    ("per_layer_exponent", 1.5, r"per_layer_exponent must be a number in \[0, 1\]"),
 ])
 def test_out_of_range_dp_parameters_are_refused(key, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -130,3 +132,14 @@ def test_per_layer_clipping_bounds_every_tensor_with_the_same_total_sensitivity(
     assert (g_noisy - g_layer).std() == pytest.approx(1.0 * 0.01 / 16, rel=0.3)
     with pytest.raises(ConfigError, match="clipping must be 'flat' or 'per_layer'"):
         build(PrivacyConfig, {"clipping": "ghost"}, "privacy.")
+
+
+@pytest.mark.parametrize("exponent", [0.0, 0.25, 0.5, 1.0])
+def test_per_layer_budget_exponent_keeps_the_sensitivity(exponent):
+    params = [torch.zeros(4, 4, 3, 3), torch.zeros(4), torch.zeros(1)]
+    bounds = per_layer_bounds(params, 2.0, exponent)
+    assert sum(b * b for b in bounds) == pytest.approx(4.0)  # the same noise and epsilon for every exponent
+    ratio = bounds[0] / bounds[1]
+    assert ratio == pytest.approx((144 / 4) ** exponent)  # C_i ~ n_i ** exponent
+    if exponent == 0.5:
+        assert bounds == pytest.approx([2.0 * (n / 149) ** 0.5 for n in (144, 4, 1)])
