@@ -135,7 +135,7 @@ def evaluate_recon(
     import sys
 
     from benchmarks.common import markdown_table, write_report
-    from training.federation.coordinator import latest_checkpoint
+    from training.federation.coordinator import checkpoint_path, latest_checkpoint
     from training.federation.records import load_arrays
     from training.federation.registry import family_from_yaml
     from training.recon.evaluate import evaluate_split, tune_cs_lambda
@@ -149,7 +149,7 @@ def evaluate_recon(
         name, run_dir = item.split("=", 1)
         run_dir, _, at = run_dir.partition("@")
         if at:  # NAME=RUN_DIR@ROUND: that round's checkpoint (compare runs at equal rounds)
-            path = Path(run_dir) / "checkpoints" / f"round_{int(at):03d}.npz"
+            path = checkpoint_path(run_dir, int(at))
             if not path.exists():
                 raise typer.BadParameter(f"--model {name}: no checkpoint {path}")
             found = (int(at), path)

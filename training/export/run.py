@@ -12,7 +12,7 @@ import onnx
 import onnxruntime
 import torch
 
-from training.federation.coordinator import latest_checkpoint, read_metrics
+from training.federation.coordinator import checkpoint_path, latest_checkpoint, read_metrics
 from training.federation.records import load_arrays
 from training.federation.registry import family_from_yaml
 
@@ -38,7 +38,7 @@ def load_run(run_dir: Path, round_: int | None = None):
             raise FileNotFoundError(f"{run_dir}/checkpoints holds no round_NNN.npz checkpoint")
         round_, path = found
     else:
-        path = run_dir / "checkpoints" / f"round_{round_:03d}.npz"
+        path = checkpoint_path(run_dir, round_)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist")
     family = family_from_yaml(config.read_text())

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 _CKPT = re.compile(r"round_(\d{3,})\.npz$")
 
 
+def checkpoint_path(run_dir: Path, server_round: int, suffix: str = ".npz") -> Path:
+    """``run_dir/checkpoints/round_NNN.npz`` (the shared weights after ``server_round``; ``suffix=".json"``: its
+    metrics record)."""
+    return Path(run_dir) / "checkpoints" / f"round_{int(server_round):03d}{suffix}"
+
+
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     """(round, path) of the newest checkpoint in ``run_dir/checkpoints``, or None."""
     found = []
@@ -139,7 +145,7 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
             return None
         g = offset + server_round
         shared = from_record(record)
-        save_arrays(shared, run_dir / "checkpoints" / f"round_{g:03d}.npz")
+        save_arrays(shared, checkpoint_path(run_dir, g))
         heldout = family.evaluate_heldout(shared)
         family.write_artifacts(shared, g, run_dir)
         now = time.perf_counter()
@@ -153,7 +159,7 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
         t_round[0] = now
         with open(run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        _write_json(run_dir / "checkpoints" / f"round_{g:03d}.json", row)
+        _write_json(checkpoint_path(run_dir, g, ".json"), row)
         if progress is not None:
             progress(g, row)
         return MetricRecord({k: float(v) for k, v in heldout.items()}) if heldout else None

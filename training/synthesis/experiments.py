@@ -216,8 +216,9 @@ def dp_grid(config: Path, base: list[str], short: list[str], root: Path) -> tupl
 
 
 def ablation(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]:
-    """Where the gap between federated + DP and centralized comes from: full runs that remove DP's noise but
-    keep its clipping, change the noise multiplier, or change Adam's beta1, beside the 'compare' runs (reused)."""
+    """Where the gap between federated + DP and centralized comes from: full runs with one change each
+    (``ABLATION``: DP's clipping without its noise, the noise multiplier, Adam's beta1, the rounds, the batch,
+    the generator's size) and the mean of the default run's last rounds, beside the 'compare' runs (reused)."""
     from benchmarks.common import markdown_table
 
     full = full_runs(config, base, root)
@@ -248,12 +249,12 @@ def averaged_rounds(run_dir: Path, k: int) -> dict:
     :func:`run_one`'s). Averaging released weights is post-processing: it costs no privacy."""
     import numpy as np
 
-    from training.federation.coordinator import latest_checkpoint, read_metrics
+    from training.federation.coordinator import checkpoint_path, latest_checkpoint, read_metrics
     from training.federation.records import load_arrays
     from training.federation.registry import family_from_yaml
 
     last, _ = latest_checkpoint(run_dir)
-    checkpoints = [load_arrays(run_dir / "checkpoints" / f"round_{r:03d}.npz") for r in range(last - k + 1, last + 1)]
+    checkpoints = [load_arrays(checkpoint_path(run_dir, r)) for r in range(last - k + 1, last + 1)]
     mean = {name: np.mean([c[name] for c in checkpoints], axis=0).astype(np.float32) for name in checkpoints[-1]}
     family = family_from_yaml((run_dir / "config.yaml").read_text())
     return _summary(f"{run_dir.name}-mean{k}", read_metrics(run_dir), family.evaluate_heldout(mean), [])
@@ -307,7 +308,7 @@ def _main(which: str, config: Path, set_: list[str], pshort: list[str], gshort: 
 @app.command("all")
 def all_(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, partition_short: list[str] = PSHORT_OPT,
          grid_short: list[str] = GSHORT_OPT, runs_root: Path = ROOT_OPT, out: Path | None = OUT_OPT) -> None:
-    """Every table: compare, partitions and the DP grid."""
+    """Every table: compare, partitions, the DP grid and the ablation."""
     _main("all", config, set_, partition_short, grid_short, runs_root, out)
 
 
