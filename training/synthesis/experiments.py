@@ -72,7 +72,10 @@ ROOT_OPT = typer.Option(Path("runs/synthesis-exp"), "--runs-root", help="Directo
 #: where 'all' writes its tables; a single table goes to ``<runs-root>/<table>.md`` unless ``--out`` says otherwise,
 #: so that re-running one table never replaces the full report with part of it
 RESULTS_MD = Path("docs/synthesis_results.md")
-OUT_OPT = typer.Option(None, "--out", help=f"Markdown file with the tables (default: {RESULTS_MD} for 'all', "
+#: the tables of the report, in its order ('all' writes them all unless --table names some)
+TABLES = ("compare", "compare-small", "partitions", "dp-grid", "ablation")
+TABLES_OPT = typer.Option(list(TABLES), "--table", "-t", help=f"Only these tables (repeatable): {', '.join(TABLES)}.")
+OUT_OPT = typer.Option(None, "--out", help=f"Markdown file with the tables (default: {RESULTS_MD} for several tables, "
                                             "<runs-root>/<table>.md for one table).")
 
 
@@ -281,24 +284,28 @@ def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list
     write_report(out, "Synthesis results (FedMed-GAN)", "python -m training.synthesis.experiments " + " ".join(sys.argv[1:]), body)
 
 
-def _main(which: str, config: Path, set_: list[str], pshort: list[str], gshort: list[str], runs_root: Path,
+def _main(tables: list[str], config: Path, set_: list[str], pshort: list[str], gshort: list[str], runs_root: Path,
           out: Path | None) -> None:
     t0 = time.perf_counter()
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise typer.BadParameter(f"unknown table(s) {', '.join(unknown)}; choose from {', '.join(TABLES)}")
     if out is None:
-        out = RESULTS_MD if which == "all" else runs_root / f"{which}.md"
+        out = RESULTS_MD if len(tables) > 1 else runs_root / f"{tables[0]}.md"
     sections = []
-    if which in ("compare", "all"):
+    if "compare" in tables:
         sections.append(("Centralized vs federated vs federated + DP (full runs of the configuration)",
                          compare(config, set_, runs_root)[0]))
+    if "compare-small" in tables:
         sections.append((f"The same on 400 records per site, flat vs per-layer clipping (`{' '.join(SMALL)}`)",
                          compare_small(config, set_, runs_root)[0]))
-    if which in ("partitions", "all"):
+    if "partitions" in tables:
         sections.append((f"Partitions of the training slices over the sites (federated + DP; `{' '.join(pshort)}`)",
                          partitions(config, set_, pshort, runs_root)[0]))
-    if which in ("dp-grid", "all"):
+    if "dp-grid" in tables:
         sections.append((f"Noise multiplier x clip bound (federated + DP; `{' '.join(gshort)}`)",
                          dp_grid(config, set_, gshort, runs_root)[0]))
-    if which in ("ablation", "all"):
+    if "ablation" in tables:
         sections.append(("Where the federated + DP gap comes from (full runs of the configuration, one change each)",
                          ablation(config, set_, runs_root)[0]))
     _report(out, sections, config, set_, runs_root)
@@ -307,30 +314,39 @@ def _main(which: str, config: Path, set_: list[str], pshort: list[str], gshort: 
 
 @app.command("all")
 def all_(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, partition_short: list[str] = PSHORT_OPT,
-         grid_short: list[str] = GSHORT_OPT, runs_root: Path = ROOT_OPT, out: Path | None = OUT_OPT) -> None:
-    """Every table: compare, partitions, the DP grid and the ablation."""
-    _main("all", config, set_, partition_short, grid_short, runs_root, out)
+         grid_short: list[str] = GSHORT_OPT, runs_root: Path = ROOT_OPT, out: Path | None = OUT_OPT,
+         tables: list[str] = TABLES_OPT) -> None:
+    """Every table (or those named by --table) in one report: compare, compare-small, partitions, the DP grid
+    and the ablation."""
+    _main(list(tables), config, set_, partition_short, grid_short, runs_root, out)
 
 
 @app.command("compare")
 def compare_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, runs_root: Path = ROOT_OPT,
                 out: Path | None = OUT_OPT) -> None:
     """Centralized vs federated vs federated + DP (full runs of the configuration)."""
-    _main("compare", config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
+    _main(["compare"], config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
+
+
+@app.command("compare-small")
+def compare_small_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, runs_root: Path = ROOT_OPT,
+                      out: Path | None = OUT_OPT) -> None:
+    """The comparison on 400 records per site: flat vs per-layer clipping, and flat clipping with 2x rounds."""
+    _main(["compare-small"], config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
 
 
 @app.command("partitions")
 def partitions_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, partition_short: list[str] = PSHORT_OPT,
                    runs_root: Path = ROOT_OPT, out: Path | None = OUT_OPT) -> None:
     """average / gradual / extreme partitions (short federated + DP runs)."""
-    _main("partitions", config, set_, partition_short, GRID_SHORT, runs_root, out)
+    _main(["partitions"], config, set_, partition_short, GRID_SHORT, runs_root, out)
 
 
 @app.command("dp-grid")
 def dp_grid_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, grid_short: list[str] = GSHORT_OPT,
                 runs_root: Path = ROOT_OPT, out: Path | None = OUT_OPT) -> None:
     """Noise multiplier {0.5, 1.07, 2.0} x clip bound {0.7, 1.0, 1.3} (short federated + DP runs)."""
-    _main("dp-grid", config, set_, PARTITION_SHORT, grid_short, runs_root, out)
+    _main(["dp-grid"], config, set_, PARTITION_SHORT, grid_short, runs_root, out)
 
 
 @app.command("ablation")
@@ -338,7 +354,7 @@ def ablation_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, runs_root
                  out: Path | None = OUT_OPT) -> None:
     """Where the federated + DP gap comes from: clipping without noise, sigma 0.5 / 2.0, Adam beta1 0.9, 2x rounds,
     batch 128, no residual block."""
-    _main("ablation", config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
+    _main(["ablation"], config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
 
 
 if __name__ == "__main__":
