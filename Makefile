@@ -13,7 +13,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 export RAY_USAGE_STATS_ENABLED = 0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: help venv system-deps test test-fast run preview data bench lock clean export example-data
+.PHONY: help venv system-deps test test-fast run preview data bench bench-gpu lock clean export example-data
 
 help:
 	@echo "make run          start Triton, the REST API (:8080) and the DICOM node (:11112) on the shipped models"
@@ -23,6 +23,7 @@ help:
 	@echo "make data         generate (and cache) the embedded multi-site phantom data set"
 	@echo "make export       export the trained runs' generators to ONNX into model_repository/ (parity-checked)"
 	@echo "make bench        run the benchmarks and write their tables to docs/"
+	@echo "make bench-gpu    GPU against CPU: inference of both families, one DP-SGD synthesis round (needs CUDA)"
 	@echo "make train-federated  federated reconstruction (configs/recon.yaml), then synthesis (configs/synthesis.yaml)"
 	@echo "make train-synthesis  federated T1w->T2w synthesis, 4 sites, DP-SGD (configs/synthesis.yaml, < 15 min CPU)"
 	@echo "make lock         regenerate requirements.lock from pyproject.toml"
@@ -74,6 +75,10 @@ bench: venv
 	$(PY) -m benchmarks.serving_latency --out docs/benchmarks/serving_latency.md
 	$(PY) -m benchmarks.rest_latency --out docs/benchmarks/rest_latency.md
 	$(PY) -m benchmarks.dicom_latency --out docs/benchmarks/dicom_latency.md
+
+# On a GPU host only (exits 2 without a visible CUDA GPU; CI has none).
+bench-gpu: venv
+	$(PY) -m benchmarks.gpu_timings --out docs/benchmarks/gpu_timings.md
 
 # Runs exported by default: those of `make train-federated` (a missing run is an error naming it).
 EXPORT_RUNS ?= runs/recon-default runs/synthesis-default

@@ -149,7 +149,9 @@ def make_private(module: nn.Module, optimizer: torch.optim.Optimizer, loader: Da
     ``history``: the site's accountant history from earlier rounds. ``noise_seed`` seeds the Gaussian
     noise (reproducible runs and resume; not cryptographically secure: see Opacus' ``secure_mode``).
     """
-    gen = torch.Generator().manual_seed(int(noise_seed)) if noise_seed is not None else None
+    # Opacus draws the noise on the parameters' device with this generator, which must live there too
+    device = next(p.device for g in optimizer.param_groups for p in g["params"])
+    gen = torch.Generator(device=device).manual_seed(int(noise_seed)) if noise_seed is not None else None
     max_grad_norm: float | list[float] = cfg.max_grad_norm
     if cfg.clipping == "per_layer":
         max_grad_norm = per_layer_bounds([p for g in optimizer.param_groups for p in g["params"] if p.requires_grad],
