@@ -63,6 +63,9 @@ ABLATION = (
 )
 #: 'ablation' also evaluates the mean of the default run's last k rounds of shared weights
 TAIL_AVERAGES = (2, 4)
+#: 'compare' also trains the centralized reference at this generator learning rate: the configuration's
+#: own lr is tuned for DP-SGD's noisy steps (0.08), the reference should be centralized training at its best
+CENTRAL_REFERENCE_LR = 0.01
 
 CONFIG_OPT = typer.Option(Path("configs/synthesis.yaml"), "--config", "-c", help="Base run configuration.")
 SET_OPT = typer.Option([], "--set", "-s", help="Override for every run of the experiment (repeatable).")
@@ -161,12 +164,17 @@ def full_runs(config: Path, base: list[str], root: Path) -> dict[str, dict]:
 
 
 def compare(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]:
-    """Centralized (pooled, no DP) vs federated (no DP) vs federated + DP, same model, rounds and data."""
+    """Centralized (pooled, no DP; at the configuration's lr and at ``CENTRAL_REFERENCE_LR``) vs federated
+    (no DP) vs federated + DP, same model, rounds and data."""
     from benchmarks.common import markdown_table
 
     full = full_runs(config, base, root)
+    lr = CENTRAL_REFERENCE_LR
     runs = [
         ("centralized (pooled data, no DP)", full["central"]),
+        (f"centralized (pooled data, no DP), generator lr {lr:g}",
+         run_one(config, [*base, "data.pooled=true", "privacy.enabled=false", f"objective.lr={lr:g}"],
+                 root / f"central-800-lr{lr:g}")),
         ("federated (FedAvg, no DP)", full["federated"]),
         ("federated + DP-SGD (per-layer clipping)", full["dp"]),
     ]
