@@ -21,6 +21,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def family_from_card(repo: Path, model: str):
+    """The training family of a shipped model, rebuilt from the configuration in its model card
+    (``<repo>/<model>/1/model_card.json``): its ``new_generator`` is the served architecture."""
+    import json
+
+    import yaml
+
+    from training.federation.registry import family_from_yaml
+
+    card = json.loads((Path(repo) / model / "1" / "model_card.json").read_text())
+    return family_from_yaml(yaml.safe_dump(card["training"]["config"], sort_keys=True))
+
+
 def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; return (median seconds, all seconds)."""
     for _ in range(warmup):

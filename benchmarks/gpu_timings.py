@@ -19,8 +19,6 @@ training round are the embedded phantom's.
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
 import tempfile
 import time
@@ -31,7 +29,7 @@ import torch
 import typer
 import yaml
 
-from benchmarks.common import markdown_table, time_call, write_report
+from benchmarks.common import family_from_card, markdown_table, time_call, write_report
 
 app = typer.Typer(add_completion=False, help=__doc__)
 SYNTH_CONFIG = Path("configs/synthesis.yaml")
@@ -43,22 +41,19 @@ def _sync(device: torch.device) -> None:
 
 
 def _recon_model(repo: Path, fft_backend: str) -> torch.nn.Module:
-    """The shipped reconstruction network's architecture (model card) wrapped as served."""
-    from training.models import UnrolledGenerator
+    """The shipped reconstruction network's architecture (its model card's family) wrapped as served."""
     from training.recon.export import ReconForServing
 
-    card = json.loads((repo / "recon_unrolled" / "1" / "model_card.json").read_text())
-    model_cfg = card["training"]["config"]["model"]
-    accepted = set(inspect.signature(UnrolledGenerator.__init__).parameters) - {"self"}
-    kwargs = {k: v for k, v in model_cfg.items() if k in accepted}
-    return ReconForServing(UnrolledGenerator(**kwargs, fft_backend=fft_backend), require_matmul=False).eval()
+    family = family_from_card(repo, "recon_unrolled")
+    return ReconForServing(family.new_generator(fft_backend=fft_backend), require_matmul=False).eval()
 
 
 def _synth_model() -> torch.nn.Module:
-    from training.models import build_synthesis_generator
+    """The default synthesis run's generator architecture."""
+    from training.federation.registry import family_from_yaml
+    from training.federation.runconfig import load_run_config
 
-    m = yaml.safe_load(SYNTH_CONFIG.read_text())["model"]
-    return build_synthesis_generator(m["generator"], m["chans"], m["depth"], m["num_res_blocks"], m["norm"]).eval()
+    return family_from_yaml(yaml.safe_dump(load_run_config(SYNTH_CONFIG), sort_keys=True)).new_generator().eval()
 
 
 def _inference_rows(repo: Path, devices: list[torch.device], repeats: int) -> list[list]:
@@ -66,11 +61,13 @@ def _inference_rows(repo: Path, devices: list[torch.device], repeats: int) -> li
 
     rng = np.random.default_rng(0)
     mask = torch.from_numpy(make_mask("equispaced", (256, 256), 4.0, 0.08, seed=0).astype(np.float32))
+
+    def kspace(b: int) -> tuple[torch.Tensor, torch.Tensor]:  # [b, 8 coils, 256, 256, 2] and mask [b, 256, 256]
+        return torch.from_numpy(rng.standard_normal((b, 8, 256, 256, 2)).astype(np.float32)), mask.expand(b, -1, -1)
+
     cases = [
-        ("recon_unrolled, torch.fft", lambda: _recon_model(repo, "torch"),
-         lambda b: (torch.from_numpy(rng.standard_normal((b, 8, 256, 256, 2)).astype(np.float32)), mask.expand(b, -1, -1))),
-        ("recon_unrolled, in-graph DFT matrices (as exported)", lambda: _recon_model(repo, "matmul"),
-         lambda b: (torch.from_numpy(rng.standard_normal((b, 8, 256, 256, 2)).astype(np.float32)), mask.expand(b, -1, -1))),
+        ("recon_unrolled, torch.fft", lambda: _recon_model(repo, "torch"), kspace),
+        ("recon_unrolled, in-graph DFT matrices (as exported)", lambda: _recon_model(repo, "matmul"), kspace),
         ("synthesis generator (ResNet, 7.7 k parameters)", _synth_model,
          lambda b: (torch.from_numpy(rng.random((b, 1, 256, 256)).astype(np.float32)),)),
     ]

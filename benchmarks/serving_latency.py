@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import typer
-import yaml
 
-from benchmarks.common import free_port, markdown_table, time_call, write_report
+from benchmarks.common import family_from_card, free_port, markdown_table, time_call, write_report
 from mrcore.coils import estimate_coil_maps
 from mrcore.cs import l1_wavelet_recon
 from mrcore.data.phantom import PhantomConfig, PhantomSource
@@ -35,13 +34,6 @@ def _slices(matrix: int, coils: int, n: int, cache_dir: Path) -> tuple[np.ndarra
     mask = make_mask("equispaced", (matrix, matrix), 4.0, 0.08, seed=0)
     k = np.stack([src.kspace(src.sites[0], i, "T2w", num_coils=coils).kspace for i in range(n)])
     return (k * mask).astype(np.complex64), mask
-
-
-def _family(repo: Path):
-    from training.federation.registry import family_from_yaml
-
-    card = json.loads((repo / MODEL / "1" / "model_card.json").read_text())
-    return family_from_yaml(yaml.safe_dump(card["training"]["config"], sort_keys=True))
 
 
 @app.command()
@@ -67,7 +59,7 @@ def main(
 
     # PyTorch eager: the served graph (in-graph DFT) and the training graph (torch.fft), trained weights not
     # needed for timing (same architecture as the shipped model, from its model card)
-    family = _family(repo)
+    family = family_from_card(repo, MODEL)
     arrays = family.initial_arrays()
     torch_in = {n: torch.from_numpy(v) for n, v in feed1.items()}
     for backend in ("torch", "matmul"):
