@@ -48,12 +48,17 @@ def _recon_model(repo: Path, fft_backend: str) -> torch.nn.Module:
     return ReconForServing(family.new_generator(fft_backend=fft_backend), require_matmul=False).eval()
 
 
-def _synth_model() -> torch.nn.Module:
-    """The default synthesis run's generator architecture."""
+def _synth_family(*overrides: str):
+    """The family of the default synthesis run (``configs/synthesis.yaml`` with ``overrides``)."""
     from training.federation.registry import family_from_yaml
     from training.federation.runconfig import load_run_config
 
-    return family_from_yaml(yaml.safe_dump(load_run_config(SYNTH_CONFIG), sort_keys=True)).new_generator().eval()
+    return family_from_yaml(yaml.safe_dump(load_run_config(SYNTH_CONFIG, overrides), sort_keys=True))
+
+
+def _synth_model() -> torch.nn.Module:
+    """The default synthesis run's generator architecture."""
+    return _synth_family().new_generator().eval()
 
 
 def _inference_rows(repo: Path, devices: list[torch.device], repeats: int) -> list[list]:
@@ -93,12 +98,8 @@ def _inference_rows(repo: Path, devices: list[torch.device], repeats: int) -> li
 
 def _dp_round(device: str, threads: int, workdir: Path) -> dict:
     """One local DP round of site hospital-a of the default synthesis run on ``device``."""
-    from training.federation.registry import family_from_yaml
-    from training.federation.runconfig import load_run_config
-
     torch.set_num_threads(threads)
-    cfg = load_run_config(SYNTH_CONFIG, [f"device={device}", f"run_dir={workdir / 'run'}"])
-    family = family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+    family = _synth_family(f"device={device}", f"run_dir={workdir / 'run'}")
     family.dataset("hospital-a", "train")  # data generated / loaded before the clock starts
     arrays = family.initial_arrays()
     state_dir = workdir / f"state-{device.replace(':', '')}-{threads}"
