@@ -30,7 +30,10 @@ def family_from_card(repo: Path, model: str):
 
     from training.federation.registry import family_from_yaml
 
-    card = json.loads((Path(repo) / model / "1" / "model_card.json").read_text())
+    path = Path(repo) / model / "1" / "model_card.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model card {path}: --repo must be a model repository holding model {model!r} version 1")
+    card = json.loads(path.read_text())
     return family_from_yaml(yaml.safe_dump(card["training"]["config"], sort_keys=True))
 
 
