@@ -26,15 +26,13 @@ def family_from_card(repo: Path, model: str):
     (``<repo>/<model>/1/model_card.json``): its ``new_generator`` is the served architecture."""
     import json
 
-    import yaml
-
-    from training.federation.registry import family_from_yaml
+    from training.federation.registry import family_from_config
 
     path = Path(repo) / model / "1" / "model_card.json"
     if not path.is_file():
         raise FileNotFoundError(f"no model card {path}: --repo must be a model repository holding model {model!r} version 1")
     card = json.loads(path.read_text())
-    return family_from_yaml(yaml.safe_dump(card["training"]["config"], sort_keys=True))
+    return family_from_config(card["training"]["config"])
 
 
 def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:

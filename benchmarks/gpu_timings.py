@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import typer
-import yaml
 
 from benchmarks.common import family_from_card, markdown_table, time_call, write_report
 
@@ -50,10 +49,10 @@ def _recon_model(repo: Path, fft_backend: str) -> torch.nn.Module:
 
 def _synth_family(*overrides: str):
     """The family of the default synthesis run (``configs/synthesis.yaml`` with ``overrides``)."""
-    from training.federation.registry import family_from_yaml
+    from training.federation.registry import family_from_config
     from training.federation.runconfig import load_run_config
 
-    return family_from_yaml(yaml.safe_dump(load_run_config(SYNTH_CONFIG, overrides), sort_keys=True))
+    return family_from_config(load_run_config(SYNTH_CONFIG, overrides))
 
 
 def _synth_model() -> torch.nn.Module:

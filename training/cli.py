@@ -52,7 +52,7 @@ def federated(
 
     from training.federation.coordinator import latest_checkpoint, read_metrics
     from training.federation.family import StopRun
-    from training.federation.registry import family_from_yaml
+    from training.federation.registry import family_from_config
     from training.federation.simulation import simulate
     from training.plots import plot_curves
 
@@ -68,7 +68,7 @@ def federated(
         check_same_run(run_dir, run_cfg)
     except RunMismatch as exc:
         raise typer.BadParameter(str(exc), param_hint="--config/--set/--fresh") from exc
-    family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
+    family = family_from_config(run_cfg)
     family.prepare()  # validate sites/contrasts and build the data cache before any process starts
     total = int(run_cfg["federation"]["rounds"])
     done = latest_checkpoint(run_dir)
@@ -137,11 +137,11 @@ def evaluate_recon(
     from benchmarks.common import markdown_table, write_report
     from training.federation.coordinator import checkpoint_path, latest_checkpoint
     from training.federation.records import load_arrays
-    from training.federation.registry import family_from_yaml
+    from training.federation.registry import family_from_config, family_from_yaml
     from training.recon.evaluate import evaluate_split, tune_cs_lambda
 
     run_cfg = _load(config, set_)
-    family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
+    family = family_from_config(run_cfg)
     models = {}
     for item in model:
         if "=" not in item:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from training.cli import app
 from training.federation.records import save_arrays
-from training.federation.registry import family_from_yaml
+from training.federation.registry import family_from_config
 from training.federation.runconfig import load_run_config
 from training.recon.evaluate import evaluate_split
 
@@ -28,7 +28,7 @@ def tiny(tmp_path) -> list[str]:
 
 def test_baselines_and_model_metrics(tmp_path):
     cfg = load_run_config(None, tiny(tmp_path))
-    family = family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+    family = family_from_config(cfg)
     res = evaluate_split(family, "hospital-c", "heldout", generator=family.generator_from(family.initial_arrays()),
                          cs_lambda=0.002, progress=False)
     assert set(res) == {"zero-filled", "model", "cs"}
@@ -40,7 +40,7 @@ def test_baselines_and_model_metrics(tmp_path):
 
 def test_evaluate_command_writes_table(tmp_path):
     cfg = load_run_config(None, tiny(tmp_path))
-    family = family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+    family = family_from_config(cfg)
     run = tmp_path / "run"
     save_arrays(family.initial_arrays(), run / "checkpoints" / "round_001.npz")
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -9,11 +9,10 @@ import json
 
 import numpy as np
 import pytest
-import yaml
 
 from training.federation.coordinator import latest_checkpoint, read_metrics
 from training.federation.records import load_arrays
-from training.federation.registry import family_from_yaml
+from training.federation.registry import family_from_config
 from training.federation.runconfig import load_run_config
 from training.federation.strategy import SharedWeightsViolation, check_shared_arrays, describe
 from training.federation.records import to_record
@@ -57,7 +56,7 @@ def test_fedavg_is_weighted_mean_of_site_updates_and_only_generator_leaves(tmp_p
     aggregated = load_arrays(path)
 
     # Independently: each site's local update from the same initial weights, then the weighted mean.
-    family = family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+    family = family_from_config(cfg)
     init = family.initial_arrays()
     updates = []
     for site in family.train_sites:
@@ -122,7 +121,7 @@ def test_fl_mrcm_target_sends_only_latents_and_sources_keep_their_identifiers(tm
                                    "data.heldout_adapt_subjects": 1, "federation.rounds": 2})
     simulate(cfg)
     assert latest_checkpoint(cfg["run_dir"])[0] == 2
-    family = family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+    family = family_from_config(cfg)
     assert family.federation_sites == ("hospital-a", "hospital-b", "hospital-c")
 
     target_dir = tmp_path / "run" / "sites" / "hospital-c"

@@ -55,18 +55,15 @@ def test_latents_of_another_size_are_refused():
     (["mrcm.feature_pool=0"], "feature_pool"),
 ])
 def test_mrcm_config_mistakes_are_named(overrides, message):
-    from training.federation.registry import family_from_yaml
-    import yaml
+    from training.federation.registry import family_from_config
 
     with pytest.raises(ValueError, match=message):
         cfg = load_run_config(None, ["family=recon", *overrides])
-        family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+        family_from_config(cfg)
 
 
 def test_too_many_adaptation_subjects_fail_before_training(tmp_path):
-    import yaml
-
-    from training.federation.registry import family_from_yaml
+    from training.federation.registry import family_from_config
 
     cfg = load_run_config(None, [
         "family=recon", f"data.source.cache_dir={tmp_path / 'cache'}", "data.source.matrix=[32, 32]",
@@ -75,4 +72,4 @@ def test_too_many_adaptation_subjects_fail_before_training(tmp_path):
         "data.val_subjects=1",
     ])
     with pytest.raises(ValueError, match="leaves no test subject"):
-        family_from_yaml(yaml.safe_dump(cfg, sort_keys=True)).prepare()
+        family_from_config(cfg).prepare()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from training.federation.registry import family_from_yaml
+from training.federation.registry import family_from_config
 from training.federation.runconfig import load_run_config
 
 
@@ -19,7 +18,7 @@ def family(tmp_path, *extra):
         "data.val_subjects=1", "model.chans=8", "model.num_cascades=1", "model.sens_chans=4",
         "objective.batch_size=2", *extra,
     ])
-    return family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+    return family_from_config(cfg)
 
 
 def test_subject_split_is_disjoint(tmp_path):

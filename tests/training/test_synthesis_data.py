@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import yaml
 
 from mrcore.config import ConfigError
-from training.federation.registry import family_from_yaml
+from training.federation.registry import family_from_config
 from training.federation.runconfig import load_run_config
 from training.synthesis.config import AugmentConfig
 from training.synthesis.data import (
@@ -28,7 +27,7 @@ def small_family(tmp_path, *extra):
         "data.train_sites=[hospital-a, hospital-b]", "data.train_slices_total=6", "data.max_eval_slices=3",
         "model.chans=4", "model.num_res_blocks=1", "model.disc_chans=4", "objective.batch_size=2", *extra,
     ])
-    return family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+    return family_from_config(cfg)
 
 
 @pytest.mark.parametrize("n", [2, 4, 8])

@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from training.federation.coordinator import latest_checkpoint, read_metrics
 from training.federation.family import StopRun
 from training.federation.records import load_arrays
-from training.federation.registry import family_from_yaml
+from training.federation.registry import family_from_config
 from training.federation.runconfig import load_run_config
 from training.privacy import PrivacyBudgetExceeded, epsilon
 
@@ -29,7 +28,7 @@ def tiny_config(tmp_path, run_name="run", *extra) -> dict:
 
 
 def make_family(cfg):
-    return family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+    return family_from_config(cfg)
 
 
 @pytest.fixture(autouse=True, scope="module")

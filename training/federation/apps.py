@@ -23,7 +23,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from training.federation.records import TARGET_LATENTS, audit_outgoing, from_record, to_record
-from training.federation.registry import family_from_yaml
+from training.federation.registry import family_from_config
 
 log = logging.getLogger(__name__)
 client_app = ClientApp()
@@ -51,7 +51,7 @@ def _open(msg: Message, context: Context):
     torch.set_num_threads(int(os.environ.get("MRI_SITE_THREADS", "1")))
     cfg_record = msg.content["config"]
     run_cfg = yaml.safe_load(str(cfg_record["run-config"]))
-    family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
+    family = family_from_config(run_cfg)
     site, state_dir = _site_and_state_dir(context, run_cfg, family)
     return cfg_record, family, site, state_dir
 

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 
 from training.federation.family import Arrays
 from training.federation.records import from_record, load_arrays, save_arrays, to_record
-from training.federation.registry import family_from_yaml
+from training.federation.registry import family_from_config, family_from_yaml
 from training.federation.strategy import SiteFedAvg, describe
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _with_defaults(cfg: dict) -> dict:
     from training.federation.runconfig import _absolute_paths
 
     try:
-        return _absolute_paths(family_from_yaml(yaml.safe_dump(cfg, sort_keys=True)).config_dict())
+        return _absolute_paths(family_from_config(cfg).config_dict())
     except ValueError:
         return cfg
 

@@ -30,3 +30,10 @@ def family_from_yaml(text: str) -> Family:
 
         return SynthesisFamily.from_dict(data)
     raise ConfigError(f"unknown config key value family={kind!r}; expected one of {', '.join(map(repr, FAMILIES))}")
+
+
+def family_from_config(cfg: dict) -> Family:
+    """The family of the run configuration ``cfg`` (a dict, e.g. from
+    :func:`~training.federation.runconfig.load_run_config`): its canonical YAML text (sorted keys) is the
+    cache key of :func:`family_from_yaml`, so equal configs share one family per process."""
+    return family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))

@@ -27,7 +27,7 @@ from flwr.simulation import run_simulation  # noqa: E402
 
 from training.federation.apps import client_app  # noqa: E402
 from training.federation.coordinator import run_coordinator  # noqa: E402
-from training.federation.registry import family_from_yaml  # noqa: E402
+from training.federation.registry import family_from_config  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,8 @@ def simulate(run_cfg: dict, progress: Callable[[int, dict], None] | None = None,
              verbose: bool = False) -> None:
     """Run (or resume) the federated run ``run_cfg`` with one simulated supernode per site (training sites,
     then FL-MRCM's target site if any)."""
-    import yaml
 
-    family = family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True))
+    family = family_from_config(run_cfg)
     server_app = ServerApp()
     failure: list[BaseException] = []
 

@@ -86,7 +86,7 @@ def run_one(config: Path, overrides: list[str], run_dir: Path) -> dict:
     """Train (or resume, or reuse) one run; returns its summary: last held-out metrics, epsilon per site,
     seconds of training and the run's overrides."""
     from training.federation.coordinator import check_same_run, read_metrics
-    from training.federation.registry import family_from_yaml
+    from training.federation.registry import family_from_config
     from training.federation.runconfig import load_run_config
     from training.federation.simulation import simulate
 
@@ -95,7 +95,7 @@ def run_one(config: Path, overrides: list[str], run_dir: Path) -> dict:
     check_same_run(run_dir, cfg)  # a run of another configuration is never reused (RunMismatch names the keys)
     rows = read_metrics(run_dir)
     if not rows or rows[-1]["round"] < cfg["federation"]["rounds"]:
-        family = family_from_yaml(yaml.safe_dump(cfg, sort_keys=True))
+        family = family_from_config(cfg)
         family.prepare()
         log.info("training %s (%s)", run_dir.name, " ".join(overrides) or "base config")
         from tqdm import tqdm
