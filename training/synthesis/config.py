@@ -149,6 +149,8 @@ class SynthesisObjectiveConfig:
     disc_lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     batch_size: int = 64             # expected batch size (Poisson sampling under DP)
+    micro_batch_size: int = 16       # records per forward/backward pass (a batch is cut in near-equal chunks,
+                                     # one step per batch: same step, less memory, faster here); 0 = whole batch
     lr_final: float = 0.1            # learning rates decay linearly over the rounds to lr_final * lr (1 = constant)
 
     def lr_factor(self, server_round: int, rounds: int) -> float:
@@ -164,6 +166,8 @@ class SynthesisObjectiveConfig:
                 raise ConfigError(f"objective.{k} must be >= 0, got {getattr(self, k)}")
         if not self.lr > 0 or not self.disc_lr > 0 or self.batch_size < 1:
             raise ConfigError("objective.lr and objective.disc_lr must be > 0, objective.batch_size >= 1")
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"objective.micro_batch_size must be >= 0 (0: the whole batch at once), got {self.micro_batch_size}")
         if not 0 < self.lr_final <= 1:
             raise ConfigError(f"objective.lr_final must be in (0, 1], got {self.lr_final}")
         if not all(0 <= b < 1 for b in self.betas):
