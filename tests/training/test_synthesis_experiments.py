@@ -14,3 +14,11 @@ def test_unknown_table_is_refused_before_training(tmp_path):
 def test_every_table_has_a_subcommand():
     names = {c.name for c in app.registered_commands}
     assert set(TABLES) <= names and "all" in names
+
+
+def test_compare_seed_equal_to_the_configs_own_is_refused_before_training(tmp_path):
+    result = CliRunner().invoke(app, ["compare", "--seed", "1", "--seed", "0", "--runs-root", str(tmp_path)])
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
+    assert "other than the configuration's own seed 0" in text
+    assert not any(tmp_path.iterdir())

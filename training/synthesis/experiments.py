@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -72,6 +73,9 @@ SET_OPT = typer.Option([], "--set", "-s", help="Override for every run of the ex
 PSHORT_OPT = typer.Option(PARTITION_SHORT, "--partition-short", help="Overrides of the partition runs (repeatable).")
 GSHORT_OPT = typer.Option(GRID_SHORT, "--grid-short", help="Overrides of the DP-grid runs (repeatable).")
 ROOT_OPT = typer.Option(Path("runs/synthesis-exp"), "--runs-root", help="Directory of the experiments' runs.")
+SEEDS_OPT = typer.Option([], "--seed", help="'compare' only: train every row again with this seed besides the "
+                                            "configuration's own (repeatable; runs '<row>-seedN'); a table of the "
+                                            "means over the seeds follows.")
 #: where 'all' writes its tables; a single table goes to ``<runs-root>/<table>.md`` unless ``--out`` says otherwise,
 #: so that re-running one table never replaces the full report with part of it
 RESULTS_MD = Path("docs/synthesis_results.md")
@@ -148,38 +152,68 @@ def _identity_row(r: dict) -> list:
             f"{h['identity_mae']:.3f}", f"{h['identity_psnr']:.2f}", f"{h['identity_ssim']:.3f}", "-", "-", "-"]
 
 
-def _dp_run_dir(config: Path, base: list[str], root: Path) -> Path:
-    """Where the federated + DP run of the configuration is: the default run itself without overrides."""
+def _dp_run_dir(config: Path, base: list[str], root: Path, seed: int | None = None) -> Path:
+    """Where the federated + DP run of the configuration is: the default run itself without overrides (and
+    at the configuration's own seed)."""
+    if seed is not None:
+        return root / f"federated-dp-seed{seed}"
     return _default_run_dir(config) if not base else root / "federated-dp"
 
 
-def full_runs(config: Path, base: list[str], root: Path) -> dict[str, dict]:
+def full_runs(config: Path, base: list[str], root: Path, seed: int | None = None) -> dict[str, dict]:
     """The full runs of the configuration that 'compare' and 'ablation' both report: 'central' (pooled, no
-    DP), 'federated' (no DP) and 'dp' (federated + DP)."""
+    DP), 'federated' (no DP) and 'dp' (federated + DP). ``seed``: another seed than the configuration's
+    (``seed=N`` added to the overrides, run directories suffixed ``-seedN``)."""
+    base, tag = ([*base, f"seed={seed}"], f"-seed{seed}") if seed is not None else (base, "")
     return {
-        "central": run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / "central-800"),
-        "federated": run_one(config, [*base, "privacy.enabled=false"], root / "federated-800"),
-        "dp": run_one(config, base, _dp_run_dir(config, base, root)),
+        "central": run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / f"central-800{tag}"),
+        "federated": run_one(config, [*base, "privacy.enabled=false"], root / f"federated-800{tag}"),
+        "dp": run_one(config, base, _dp_run_dir(config, base, root, seed)),
     }
 
 
-def compare(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]:
-    """Centralized (pooled, no DP; at the configuration's lr and at ``CENTRAL_REFERENCE_LR``) vs federated
-    (no DP) vs federated + DP, same model, rounds and data."""
-    from benchmarks.common import markdown_table
-
-    full = full_runs(config, base, root)
+def _compare_runs(config: Path, base: list[str], root: Path, seed: int | None = None) -> list[tuple[str, dict]]:
+    """(label, summary) of the 'compare' rows at the configuration's seed or at ``seed``."""
+    full = full_runs(config, base, root, seed)
     lr = CENTRAL_REFERENCE_LR
-    runs = [
+    extra, tag = ([f"seed={seed}"], f"-seed{seed}") if seed is not None else ([], "")
+    return [
         ("centralized (pooled data, no DP)", full["central"]),
         (f"centralized (pooled data, no DP), generator lr {lr:g}",
-         run_one(config, [*base, "data.pooled=true", "privacy.enabled=false", f"objective.lr={lr:g}"],
-                 root / f"central-800-lr{lr:g}")),
+         run_one(config, [*base, *extra, "data.pooled=true", "privacy.enabled=false", f"objective.lr={lr:g}"],
+                 root / f"central-800-lr{lr:g}{tag}")),
         ("federated (FedAvg, no DP)", full["federated"]),
         ("federated + DP-SGD (per-layer clipping)", full["dp"]),
     ]
-    rows = [_identity_row(runs[0][1])] + [_row(label, r) for label, r in runs]
-    return markdown_table(HEADER, rows), [r for _, r in runs]
+
+
+def compare(config: Path, base: list[str], root: Path, seeds: Sequence[int] = ()) -> tuple[str, list[dict]]:
+    """Centralized (pooled, no DP; at the configuration's lr and at ``CENTRAL_REFERENCE_LR``) vs federated
+    (no DP) vs federated + DP, same model, rounds and data. ``seeds``: further seeds than the configuration's
+    own; every row is trained once per seed, and a table of the means over the seeds, with the gap of
+    federated + DP to each row, follows."""
+    from benchmarks.common import markdown_table
+
+    own = _compare_runs(config, base, root)
+    others = {s: _compare_runs(config, base, root, s) for s in seeds}
+    rows = [_identity_row(own[0][1])] + [_row(label, r) for label, r in own]
+    rows += [_row(f"{label}, seed {s}", r) for s, runs in others.items() for label, r in runs]
+    table = markdown_table(HEADER, rows)
+    if others:
+        per_row = [[r for _, r in runs] for runs in (own, *others.values())]
+        means = [sum(rs[i]["heldout"]["psnr"] for rs in per_row) / len(per_row) for i in range(len(own))]
+        ssims = [sum(rs[i]["heldout"]["ssim"] for rs in per_row) / len(per_row) for i in range(len(own))]
+        dp = means[-1]
+        header = ["run", "seeds", "PSNR A->B per seed (dB)", "mean PSNR A->B (dB)", "mean SSIM A->B",
+                  "federated + DP minus this row (dB)"]
+        from training.federation.runconfig import load_run_config
+
+        seed_names = ", ".join(str(s) for s in (load_run_config(config, base)["seed"], *others))
+        table += "\n\nMeans over the seeds:\n\n" + markdown_table(header, [
+            [label, seed_names, " / ".join(f"{rs[i]['heldout']['psnr']:.2f}" for rs in per_row), f"{means[i]:.2f}",
+             f"{ssims[i]:.3f}", f"{dp - means[i]:+.2f}"]
+            for i, (label, _) in enumerate(own)])
+    return table, [r for _, r in own] + [r for runs in others.values() for _, r in runs]
 
 
 def compare_small(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]:
@@ -293,17 +327,24 @@ def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list
 
 
 def _main(tables: list[str], config: Path, set_: list[str], pshort: list[str], gshort: list[str], runs_root: Path,
-          out: Path | None) -> None:
+          out: Path | None, seeds: Sequence[int] = ()) -> None:
     t0 = time.perf_counter()
     unknown = sorted(set(tables) - set(TABLES))
     if unknown:
         raise typer.BadParameter(f"unknown table(s) {', '.join(unknown)}; choose from {', '.join(TABLES)}")
+    if seeds:
+        from training.federation.runconfig import load_run_config
+
+        own = load_run_config(config, set_)["seed"]
+        if own in seeds or len(set(seeds)) < len(seeds):
+            raise typer.BadParameter(f"--seed {' '.join(map(str, seeds))}: give distinct seeds other than the "
+                                     f"configuration's own seed {own} (its runs are the table's first rows)")
     if out is None:
         out = RESULTS_MD if len(tables) > 1 else runs_root / f"{tables[0]}.md"
     sections = []
     if "compare" in tables:
         sections.append(("Centralized vs federated vs federated + DP (full runs of the configuration)",
-                         compare(config, set_, runs_root)[0]))
+                         compare(config, set_, runs_root, seeds)[0]))
     if "compare-small" in tables:
         sections.append((f"The same on 400 records per site, flat vs per-layer clipping (`{' '.join(SMALL)}`)",
                          compare_small(config, set_, runs_root)[0]))
@@ -323,17 +364,17 @@ def _main(tables: list[str], config: Path, set_: list[str], pshort: list[str], g
 @app.command("all")
 def all_(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, partition_short: list[str] = PSHORT_OPT,
          grid_short: list[str] = GSHORT_OPT, runs_root: Path = ROOT_OPT, out: Path | None = OUT_OPT,
-         tables: list[str] = TABLES_OPT) -> None:
+         tables: list[str] = TABLES_OPT, seeds: list[int] = SEEDS_OPT) -> None:
     """Every table (or those named by --table) in one report: compare, compare-small, partitions, the DP grid
     and the ablation."""
-    _main(list(tables), config, set_, partition_short, grid_short, runs_root, out)
+    _main(list(tables), config, set_, partition_short, grid_short, runs_root, out, seeds)
 
 
 @app.command("compare")
 def compare_cmd(config: Path = CONFIG_OPT, set_: list[str] = SET_OPT, runs_root: Path = ROOT_OPT,
-                out: Path | None = OUT_OPT) -> None:
+                out: Path | None = OUT_OPT, seeds: list[int] = SEEDS_OPT) -> None:
     """Centralized vs federated vs federated + DP (full runs of the configuration)."""
-    _main(["compare"], config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out)
+    _main(["compare"], config, set_, PARTITION_SHORT, GRID_SHORT, runs_root, out, seeds)
 
 
 @app.command("compare-small")
