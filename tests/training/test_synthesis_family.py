@@ -163,3 +163,14 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch(tmp_path, extra):
     assert float((y_whole - y_chunked).abs().max()) < 1e-3 * moved
     assert u_whole.metrics["loss"] == pytest.approx(u_chunked.metrics["loss"], rel=1e-5)
     assert u_whole.metrics.get("epsilon") == u_chunked.metrics.get("epsilon")
+
+
+@pytest.mark.parametrize("n, size", [(70, 16), (64, 16), (1, 16), (5, 0), (33, 32), (7, 1)])
+def test_micro_batches_cover_the_batch_in_near_equal_chunks(n, size):
+    from training.synthesis.loop import micro_batches
+
+    parts = micro_batches(n, size)
+    lengths = [p.stop - p.start for p in parts]
+    assert parts[0].start == 0 and parts[-1].stop == n and all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+    assert max(lengths) - min(lengths) <= 1 and (size <= 0 or max(lengths) <= size)
+    assert len(parts) == (1 if size <= 0 else -(-n // size))

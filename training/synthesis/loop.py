@@ -65,8 +65,9 @@ def _noise_only_step(optimizer: torch.optim.Optimizer) -> None:
 def micro_batches(n: int, size: int) -> list[slice]:
     """``ceil(n / size)`` contiguous slices of ``range(n)`` of near-equal length (``size`` <= 0: one slice).
 
-    A Poisson batch of 70 records with ``size`` 32 is cut 24/23/23 rather than 32/32/6: on CPU the cost
-    per record of these small convolutions is lowest at a few dozen records per pass.
+    A Poisson batch of 70 records with ``size`` 16 is cut 14/14/14/14/14 rather than 16/16/16/16/6: on CPU the cost
+    per record of these small convolutions and their per-sample gradients is lowest at 16-32 records per
+    pass (measured here, see docs/synthesis.md).
     """
     k = 1 if size <= 0 else max(1, -(-n // size))
     bounds = [round(i * n / k) for i in range(k + 1)]
