@@ -111,6 +111,7 @@ def test_site_datasets_follow_the_config(tmp_path):
     (["privacy.noise_multiplier=0"], "noise_multiplier must be a number > 0"),
     (["privacy.max_grad_norm=-1"], "max_grad_norm"),
     (["privacy.delta=2"], r"delta must be in \(0, 1\)"),
+    (["objective.micro_batch_size=-1"], r"objective.micro_batch_size must be >= 0 \(0: the whole batch at once\), got -1"),
     (["data.train_slices_total=100"], "50 training slices but its training subjects have only 3"),
     (["data.train_sites=[hospital-a, hospital-b, hospital-c, hospital-d, hospital-e, hospital-f]",
       "data.partition=extreme", "data.train_slices_total=6", "data.source.subjects_per_site=6"], "0 training slices"),

@@ -160,11 +160,17 @@ def _dp_run_dir(config: Path, base: list[str], root: Path, seed: int | None = No
     return _default_run_dir(config) if not base else root / "federated-dp"
 
 
+def _seeded(base: list[str], seed: int | None) -> tuple[list[str], str]:
+    """(overrides, run-directory suffix) of a run at ``seed``: ``seed=N`` and ``-seedN``; the configuration's
+    own seed (None): ``base`` and no suffix."""
+    return ([*base, f"seed={seed}"], f"-seed{seed}") if seed is not None else (base, "")
+
+
 def full_runs(config: Path, base: list[str], root: Path, seed: int | None = None) -> dict[str, dict]:
     """The full runs of the configuration that 'compare' and 'ablation' both report: 'central' (pooled, no
     DP), 'federated' (no DP) and 'dp' (federated + DP). ``seed``: another seed than the configuration's
     (``seed=N`` added to the overrides, run directories suffixed ``-seedN``)."""
-    base, tag = ([*base, f"seed={seed}"], f"-seed{seed}") if seed is not None else (base, "")
+    base, tag = _seeded(base, seed)
     return {
         "central": run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / f"central-800{tag}"),
         "federated": run_one(config, [*base, "privacy.enabled=false"], root / f"federated-800{tag}"),
@@ -176,11 +182,11 @@ def _compare_runs(config: Path, base: list[str], root: Path, seed: int | None = 
     """(label, summary) of the 'compare' rows at the configuration's seed or at ``seed``."""
     full = full_runs(config, base, root, seed)
     lr = CENTRAL_REFERENCE_LR
-    extra, tag = ([f"seed={seed}"], f"-seed{seed}") if seed is not None else ([], "")
+    seeded, tag = _seeded(base, seed)
     return [
         ("centralized (pooled data, no DP)", full["central"]),
         (f"centralized (pooled data, no DP), generator lr {lr:g}",
-         run_one(config, [*base, *extra, "data.pooled=true", "privacy.enabled=false", f"objective.lr={lr:g}"],
+         run_one(config, [*seeded, "data.pooled=true", "privacy.enabled=false", f"objective.lr={lr:g}"],
                  root / f"central-800-lr{lr:g}{tag}")),
         ("federated (FedAvg, no DP)", full["federated"]),
         ("federated + DP-SGD (per-layer clipping)", full["dp"]),
