@@ -5,6 +5,7 @@
     mri-train federated --config configs/synthesis.yaml --set privacy.noise_multiplier=2.0
     mri-train show-config --config configs/recon.yaml
     mri-train export --run-dir runs/recon-default --repo model_repository --version 1
+    mri-train publish-init runs/synthesis-public pretrained/synthesis-public-T1w-T2w.npz
 """
 
 from __future__ import annotations
@@ -187,6 +188,24 @@ def evaluate_recon(
     typer.echo(f"wrote {out}")
 
 
+@app.command("publish-init")
+def publish_init(
+    run_dir: Path = typer.Argument(..., help="A finished synthesis run, e.g. runs/synthesis-public."),
+    out: Path = typer.Argument(..., help="Where to write the generators (.npz; the provenance goes next to it as .json)."),
+) -> None:
+    """Publish a synthesis run's last generators as starting weights for other runs (``model.init_weights``),
+    with their provenance: direction, architecture, the sites they were trained on, held-out metrics."""
+    from training.synthesis.pretrained import publish
+
+    if out.suffix != ".npz":
+        raise typer.BadParameter(f"must end in .npz, got {str(out)!r}", param_hint="OUT")
+    try:
+        info = publish(run_dir, out)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="RUN_DIR") from exc
+    psnr = info["heldout"].get("psnr")
+    typer.echo(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB): {info['direction']}, trained on {', '.join(info['sites'])}, "
+               f"{info['rounds']} rounds" + (f", held-out PSNR {psnr:.2f} dB" if psnr is not None else ""))
 
 
 @app.command("export")

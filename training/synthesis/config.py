@@ -131,8 +131,12 @@ class SynthesisModelConfig:
     residual: bool = False          # generators predict x + net(x) (start from the identity map)
     disc_chans: int = 8
     disc_layers: int = 3
+    init_weights: str | None = None  # generators' starting weights pretrained outside the run's sites
+                                     # (training.synthesis.pretrained); None: random (seeded) weights
 
     def __post_init__(self) -> None:
+        if self.init_weights is not None and not str(self.init_weights).endswith(".npz"):
+            raise ConfigError(f"model.init_weights must be a .npz file written by `mri-train publish-init`, got {self.init_weights!r}")
         if self.chans < 1 or self.depth < 0 or self.num_res_blocks < 0 or self.disc_chans < 1 or self.disc_layers < 1:
             raise ConfigError("model.chans, model.disc_chans, model.disc_layers must be >= 1, depth/num_res_blocks >= 0")
 

@@ -32,6 +32,7 @@ from training.synthesis.config import SynthesisRunConfig, parse_direction
 from training.synthesis.data import ContrastPairs, choose_paired, partition_counts, partition_fractions
 from training.synthesis.evaluate import evaluate_pairs
 from training.synthesis.loop import train_epoch
+from training.synthesis.pretrained import load_init, provenance_path
 
 log = logging.getLogger(__name__)
 LEDGER = "privacy_ledger.jsonl"
@@ -118,6 +119,12 @@ class SynthesisFamily(Family):
         if prepare is not None:
             prepare()
         counts = self.site_counts
+        if self.cfg.model.init_weights is not None:
+            self.initial_arrays()  # refuses a file of another direction/architecture or trained on a site of the run
+            info = json.loads(provenance_path(Path(self.cfg.model.init_weights)).read_text())
+            log.info("generators start from %s (trained on %s, %s rounds, held-out PSNR there %.2f dB)",
+                     self.cfg.model.init_weights, ", ".join(info["sites"]), info["rounds"],
+                     info.get("heldout", {}).get("psnr", float("nan")))
         p = self.cfg.privacy
         for site in self.train_sites:
             n = sum(counts.values()) if site == self.POOLED else counts[site]
@@ -154,8 +161,13 @@ class SynthesisFamily(Family):
         return g.to(self.device)
 
     def initial_arrays(self) -> Arrays:
+        """Round 0's generators: seeded random weights, or ``model.init_weights`` (checked against the run:
+        :func:`~training.synthesis.pretrained.load_init`)."""
         torch.manual_seed(self.cfg.seed)
-        return {k: v.detach().numpy().copy() for k, v in self.new_generators().state_dict().items()}
+        arrays = {k: v.detach().numpy().copy() for k, v in self.new_generators().state_dict().items()}
+        if self.cfg.model.init_weights is not None:
+            arrays = load_init(Path(self.cfg.model.init_weights), self.cfg, arrays)
+        return arrays
 
     def generator_for_export(self, arrays: Arrays, direction: str) -> SynthesisExport:
         """The generator of ``direction`` ('A->B' as configured, or its reverse 'B->A') as a deployable module:
