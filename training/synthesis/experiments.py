@@ -7,7 +7,9 @@
     python -m training.synthesis.experiments ablation       # where the federated + DP gap comes from
 
 The tables of ``docs/synthesis.md`` come from ``all`` (the 'compare' row 'federated + DP' is the default run
-``runs/synthesis-default``, reused). One table alone is written to ``<runs-root>/<table>.md`` (e.g.
+``runs/synthesis-default``, reused). When the configuration starts from pretrained generators
+(``model.init_weights``), 'compare' also trains its four runs from random weights (``SCRATCH``, run
+directories ``*-scratch``); the other tables are measured from random weights. One table alone is written to ``<runs-root>/<table>.md`` (e.g.
 ``runs/synthesis-exp/ablation.md``) unless ``--out`` names another file.
 
 Every experiment is a real run with Flower's simulation engine under ``--runs-root`` (one run directory per
@@ -31,15 +33,20 @@ import yaml
 log = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
+#: overrides of the runs from random starting weights (``model.init_weights`` unset) at the learning rate
+#: tuned for DP-SGD from scratch (the default before pretrained starting weights): 'compare' adds them after
+#: the configuration's own runs when those start from pretrained weights; 'compare-small', the short runs of
+#: 'partitions' and 'dp-grid' and 'ablation' were measured so and stay so
+SCRATCH = ["model.init_weights=null", "objective.lr=0.08"]
 #: overrides of the short runs: fewer rounds; 'partitions' needs more subjects (the 'extreme' site holds 70 %
 #: of the slices), 'dp-grid' halves the data and the batch (same sample rate q as the default run)
-SHORT = ["federation.rounds=4", "federation.evaluate_sites=false"]
+SHORT = ["federation.rounds=4", "federation.evaluate_sites=false", *SCRATCH]
 PARTITION_SHORT = [*SHORT, "data.source.subjects_per_site=30", "data.train_slices_total=1600", "privacy.clipping=flat"]
 GRID_SHORT = [*SHORT, "data.source.subjects_per_site=12", "data.train_slices_total=800", "objective.batch_size=32",
               "privacy.clipping=flat"]
 #: the smaller data set and flat clipping of the first default (400 records per site): the 'compare' rows
 #: on it show what 2x data per site and per-layer clipping each bring
-SMALL = ["data.source.subjects_per_site=12", "data.train_slices_total=1600", "privacy.clipping=flat"]
+SMALL = ["data.source.subjects_per_site=12", "data.train_slices_total=1600", "privacy.clipping=flat", *SCRATCH]
 NOISES = (0.5, 1.07, 2.0)
 #: rounds of the longer federated + DP run of 'compare' (does more compute close the gap?)
 LONG_ROUNDS = 24
@@ -64,6 +71,8 @@ ABLATION = (
 )
 #: 'ablation' also evaluates the mean of the default run's last k rounds of shared weights
 TAIL_AVERAGES = (2, 4)
+#: index of the configuration's federated + DP run among the 'compare' rows (after the identity row)
+DP_ROW = 3
 #: 'compare' also trains the centralized reference at this generator learning rate: the configuration's
 #: own lr is tuned for DP-SGD's noisy steps (0.08), the reference should be centralized training at its best
 CENTRAL_REFERENCE_LR = 0.01
@@ -152,12 +161,12 @@ def _identity_row(r: dict) -> list:
             f"{h['identity_mae']:.3f}", f"{h['identity_psnr']:.2f}", f"{h['identity_ssim']:.3f}", "-", "-", "-"]
 
 
-def _dp_run_dir(config: Path, base: list[str], root: Path, seed: int | None = None) -> Path:
+def _dp_run_dir(config: Path, base: list[str], root: Path, seed: int | None = None, suffix: str = "") -> Path:
     """Where the federated + DP run of the configuration is: the default run itself without overrides (and
-    at the configuration's own seed)."""
+    at the configuration's own seed); ``suffix`` as in :func:`full_runs`."""
     if seed is not None:
-        return root / f"federated-dp-seed{seed}"
-    return _default_run_dir(config) if not base else root / "federated-dp"
+        return root / f"federated-dp{suffix}-seed{seed}"
+    return _default_run_dir(config) if not base else root / f"federated-dp{suffix}"
 
 
 def _seeded(base: list[str], seed: int | None) -> tuple[list[str], str]:
@@ -166,31 +175,54 @@ def _seeded(base: list[str], seed: int | None) -> tuple[list[str], str]:
     return ([*base, f"seed={seed}"], f"-seed{seed}") if seed is not None else (base, "")
 
 
-def full_runs(config: Path, base: list[str], root: Path, seed: int | None = None) -> dict[str, dict]:
+def full_runs(config: Path, base: list[str], root: Path, seed: int | None = None, suffix: str = "") -> dict[str, dict]:
     """The full runs of the configuration that 'compare' and 'ablation' both report: 'central' (pooled, no
     DP), 'federated' (no DP) and 'dp' (federated + DP). ``seed``: another seed than the configuration's
-    (``seed=N`` added to the overrides, run directories suffixed ``-seedN``)."""
-    base, tag = _seeded(base, seed)
+    (``seed=N`` added to the overrides, run directories suffixed ``-seedN``); ``suffix``: of the run
+    directories (``-scratch`` for the random-init runs, :data:`SCRATCH`)."""
+    seeded, tag = _seeded(base, seed)
     return {
-        "central": run_one(config, [*base, "data.pooled=true", "privacy.enabled=false"], root / f"central-800{tag}"),
-        "federated": run_one(config, [*base, "privacy.enabled=false"], root / f"federated-800{tag}"),
-        "dp": run_one(config, base, _dp_run_dir(config, base, root, seed)),
+        "central": run_one(config, [*seeded, "data.pooled=true", "privacy.enabled=false"], root / f"central-800{suffix}{tag}"),
+        "federated": run_one(config, [*seeded, "privacy.enabled=false"], root / f"federated-800{suffix}{tag}"),
+        "dp": run_one(config, seeded, _dp_run_dir(config, base, root, seed, suffix)),
     }
 
 
-def _compare_runs(config: Path, base: list[str], root: Path, seed: int | None = None) -> list[tuple[str, dict]]:
-    """(label, summary) of the 'compare' rows at the configuration's seed or at ``seed``."""
-    full = full_runs(config, base, root, seed)
+def _compare_set(config: Path, base: list[str], root: Path, seed: int | None, suffix: str, note: str) -> list[tuple[str, dict]]:
+    """(label, summary) of the four 'compare' runs of ``base`` (central at the configuration's lr and at
+    ``CENTRAL_REFERENCE_LR``, federated, federated + DP, in that order); ``note`` ends every label."""
+    from training.federation.runconfig import load_run_config
+
+    full = full_runs(config, base, root, seed, suffix)
     lr = CENTRAL_REFERENCE_LR
     seeded, tag = _seeded(base, seed)
+    own = f"lr {load_run_config(config, seeded)['objective']['lr']:g}{note}"
     return [
-        ("centralized (pooled data, no DP)", full["central"]),
-        (f"centralized (pooled data, no DP), generator lr {lr:g}",
+        (f"centralized (pooled data, no DP), {own}", full["central"]),
+        (f"centralized (pooled data, no DP), lr {lr:g}{note}",
          run_one(config, [*seeded, "data.pooled=true", "privacy.enabled=false", f"objective.lr={lr:g}"],
-                 root / f"central-800-lr{lr:g}{tag}")),
-        ("federated (FedAvg, no DP)", full["federated"]),
-        ("federated + DP-SGD (per-layer clipping)", full["dp"]),
+                 root / f"central-800-lr{lr:g}{suffix}{tag}")),
+        (f"federated (FedAvg, no DP), {own}", full["federated"]),
+        (f"federated + DP-SGD (per-layer clipping), {own}", full["dp"]),
     ]
+
+
+def _init_weights(config: Path, base: list[str]) -> str | None:
+    """The configuration's ``model.init_weights`` (pretrained starting weights), or None."""
+    from training.federation.runconfig import load_run_config
+
+    return load_run_config(config, base)["model"].get("init_weights")
+
+
+def _compare_runs(config: Path, base: list[str], root: Path, seed: int | None = None) -> list[tuple[str, dict]]:
+    """(label, summary) of the 'compare' rows at the configuration's seed or at ``seed``: the configuration's
+    four runs (federated + DP is row :data:`DP_ROW`); when it starts from pretrained weights, the same four
+    from random weights follow (run directories ``*-scratch``)."""
+    init = _init_weights(config, base)
+    rows = _compare_set(config, base, root, seed, "", f", init {Path(init).stem}" if init else "")
+    if init:
+        rows += _compare_set(config, [*base, *SCRATCH], root, seed, "-scratch", ", random init")
+    return rows
 
 
 def compare(config: Path, base: list[str], root: Path, seeds: Sequence[int] = ()) -> tuple[str, list[dict]]:
@@ -209,7 +241,7 @@ def compare(config: Path, base: list[str], root: Path, seeds: Sequence[int] = ()
         per_row = [[r for _, r in runs] for runs in (own, *others.values())]
         means = [sum(rs[i]["heldout"]["psnr"] for rs in per_row) / len(per_row) for i in range(len(own))]
         ssims = [sum(rs[i]["heldout"]["ssim"] for rs in per_row) / len(per_row) for i in range(len(own))]
-        dp = means[-1]
+        dp = means[DP_ROW]
         header = ["run", "seeds", "PSNR A->B per seed (dB)", "mean PSNR A->B (dB)", "mean SSIM A->B",
                   "federated + DP minus this row (dB)"]
         from training.federation.runconfig import load_run_config
@@ -272,7 +304,8 @@ def ablation(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]
     the generator's size) and the mean of the default run's last rounds, beside the 'compare' runs (reused)."""
     from benchmarks.common import markdown_table
 
-    full = full_runs(config, base, root)
+    base = [*base, *SCRATCH]
+    full = full_runs(config, base, root, suffix="-scratch")
     runs = [
         ("centralized (pooled data, no DP)", full["central"]),
         ("federated (FedAvg, no DP)", full["federated"]),
@@ -280,7 +313,7 @@ def ablation(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]
         ("federated + DP-SGD, sigma 1.07 (the default run)", full["dp"]),
         *[(label, run_one(config, [*base, *extra], root / name)) for label, extra, name in ABLATION[2:]],
         *[(f"federated + DP-SGD, sigma 1.07, mean of the last {k} rounds' shared weights (post-processing)",
-           averaged_rounds(_dp_run_dir(config, base, root), k)) for k in TAIL_AVERAGES],
+           averaged_rounds(_dp_run_dir(config, base, root, suffix="-scratch"), k)) for k in TAIL_AVERAGES],
     ]
     ref = full["central"]["heldout"]["psnr"]
 
@@ -320,7 +353,8 @@ def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list
         f"Base config `{config}` (direction {cfg.get('synthesis', {}).get('direction', 'T1w->T2w')}, sites "
         f"{', '.join(d.get('train_sites', []))}, {d.get('train_slices_total')} training slices, paired ratio "
         f"{d.get('paired_ratio')}, DP sigma {priv.get('noise_multiplier')} / clip {priv.get('max_grad_norm')} "
-        f"({priv.get('clipping', 'flat')} clipping)"
+        f"({priv.get('clipping', 'flat')} clipping), generator lr {cfg.get('objective', {}).get('lr')}, starting weights "
+        f"{'`' + str(cfg.get('model', {}).get('init_weights')) + '`' if cfg.get('model', {}).get('init_weights') else 'random'}"
         + (f"; overrides for every run: `{' '.join(base)}`" if base else "") + "). Each table names the overrides of its runs.\n"
         "Held out: the test subjects of every site (never trained on); metrics per subject volume in normalised "
         "units (each image divided by its mean), PSNR/SSIM with the volume maximum as data range (fastMRI), "
@@ -349,7 +383,8 @@ def _main(tables: list[str], config: Path, set_: list[str], pshort: list[str], g
         out = RESULTS_MD if len(tables) > 1 else runs_root / f"{tables[0]}.md"
     sections = []
     if "compare" in tables:
-        sections.append(("Centralized vs federated vs federated + DP (full runs of the configuration)",
+        sections.append(("Centralized vs federated vs federated + DP (full runs of the configuration; when it starts from "
+                         f"pretrained weights, the same four runs from random weights follow: `{' '.join(SCRATCH)}`)",
                          compare(config, set_, runs_root, seeds)[0]))
     if "compare-small" in tables:
         sections.append((f"The same on 400 records per site, flat vs per-layer clipping (`{' '.join(SMALL)}`)",
