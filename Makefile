@@ -26,7 +26,7 @@ help:
 	@echo "make bench-gpu    GPU against CPU: inference of both families, one DP-SGD synthesis round (needs CUDA)"
 	@echo "make train-federated  federated reconstruction (configs/recon.yaml), then synthesis (configs/synthesis.yaml)"
 	@echo "make train-synthesis  federated T1w->T2w synthesis, 4 sites, DP-SGD (configs/synthesis.yaml, < 15 min CPU)"
-	@echo "make pretrain-synthesis  retrain the synthesis generators' public starting weights (pretrained/, ~17 min CPU)"
+	@echo "make pretrain-synthesis  retrain the synthesis generators' public starting weights (pretrained/, ~15 min CPU)"
 	@echo "make lock         regenerate requirements.lock from pyproject.toml"
 
 venv: $(STAMP)

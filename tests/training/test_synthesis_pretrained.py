@@ -93,9 +93,9 @@ def test_publish_init_refuses_what_is_not_a_finished_synthesis_run(tmp_path):
     fake_finished_run(tmp_path)
     result = runner.invoke(app, ["publish-init", str(tmp_path / "public"), str(tmp_path / "x.pt")])
     assert result.exit_code == 2 and "must end in .npz" in said(result)
+    cfg = yaml.safe_load((tmp_path / "public" / "config.yaml").read_text())
+    (tmp_path / "public" / "config.yaml").write_text(yaml.safe_dump({**cfg, "family": "recon"}))
     with pytest.raises(ConfigError, match="not a synthesis run"):
-        cfg = yaml.safe_load((tmp_path / "public" / "config.yaml").read_text())
-        (tmp_path / "public" / "config.yaml").write_text(yaml.safe_dump({**cfg, "family": "recon"}))
         publish(tmp_path / "public", tmp_path / "x.npz")
 
 

@@ -74,7 +74,8 @@ TAIL_AVERAGES = (2, 4)
 #: index of the configuration's federated + DP run among the 'compare' rows (after the identity row)
 DP_ROW = 3
 #: 'compare' also trains the centralized reference at this generator learning rate: the configuration's
-#: own lr is tuned for DP-SGD's noisy steps (0.08), the reference should be centralized training at its best
+#: own lr is tuned for DP-SGD (0.004 from the pretrained start, 0.08 from random weights), the reference
+#: should be centralized training at its best
 CENTRAL_REFERENCE_LR = 0.01
 
 CONFIG_OPT = typer.Option(Path("configs/synthesis.yaml"), "--config", "-c", help="Base run configuration.")
