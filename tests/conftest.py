@@ -20,6 +20,11 @@ from benchmarks.common import free_port  # noqa: E402,F401  (tests import it fro
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cli_text(result) -> str:
+    """A typer/click ``CliRunner`` result's output as one line: rich wraps error messages in a box."""
+    return " ".join(result.output.replace("│", " ").split())
+
+
 def triton_settings(repository: Path, **kwargs):
     from serving.triton import TritonSettings
 

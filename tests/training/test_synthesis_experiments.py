@@ -1,6 +1,7 @@
 """The experiments CLI refuses unknown tables before it trains anything."""
 from typer.testing import CliRunner
 
+from tests.conftest import cli_text
 from training.synthesis.experiments import TABLES, app
 
 
@@ -19,6 +20,5 @@ def test_every_table_has_a_subcommand():
 def test_compare_seed_equal_to_the_configs_own_is_refused_before_training(tmp_path):
     result = CliRunner().invoke(app, ["compare", "--seed", "1", "--seed", "0", "--runs-root", str(tmp_path)])
     assert result.exit_code == 2
-    text = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
-    assert "other than the configuration's own seed 0" in text
+    assert "other than the configuration's own seed 0" in cli_text(result)
     assert not any(tmp_path.iterdir())

@@ -16,15 +16,11 @@ from training.federation.coordinator import checkpoint_path
 from training.federation.records import load_arrays, save_arrays
 from training.federation.registry import family_from_config
 from training.synthesis.pretrained import provenance_path, publish
+from tests.conftest import cli_text
 from tests.training.test_synthesis_family import simulate, tiny_config
 
 runner = CliRunner()
 PUBLIC = "data.train_sites=[hospital-c, hospital-d]"
-
-
-def said(result) -> str:
-    """The CLI's output as one line (rich wraps error messages in a box)."""
-    return " ".join(result.output.replace("│", " ").split())
 
 
 def fake_finished_run(tmp_path, *extra) -> dict:
@@ -46,7 +42,7 @@ def published(tmp_path):
     out = tmp_path / "init" / "public.npz"
     result = runner.invoke(app, ["publish-init", str(tmp_path / "public"), str(out)])
     assert result.exit_code == 0, result.output
-    assert "trained on hospital-c, hospital-d" in said(result) and "held-out PSNR 20.00 dB" in said(result)
+    assert "trained on hospital-c, hospital-d" in cli_text(result) and "held-out PSNR 20.00 dB" in cli_text(result)
     return out
 
 
@@ -89,10 +85,10 @@ def test_a_file_without_provenance_or_missing_is_refused(tmp_path, published):
 
 def test_publish_init_refuses_what_is_not_a_finished_synthesis_run(tmp_path):
     result = runner.invoke(app, ["publish-init", str(tmp_path), str(tmp_path / "x.npz")])
-    assert result.exit_code == 2 and "is not a run with checkpoints" in said(result)
+    assert result.exit_code == 2 and "is not a run with checkpoints" in cli_text(result)
     fake_finished_run(tmp_path)
     result = runner.invoke(app, ["publish-init", str(tmp_path / "public"), str(tmp_path / "x.pt")])
-    assert result.exit_code == 2 and "must end in .npz" in said(result)
+    assert result.exit_code == 2 and "must end in .npz" in cli_text(result)
     cfg = yaml.safe_load((tmp_path / "public" / "config.yaml").read_text())
     (tmp_path / "public" / "config.yaml").write_text(yaml.safe_dump({**cfg, "family": "recon"}))
     with pytest.raises(ConfigError, match="not a synthesis run"):
