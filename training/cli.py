@@ -51,7 +51,7 @@ def federated(
     """Train across the configured sites with Flower's simulation engine (resumes from the last checkpoint)."""
     from tqdm import tqdm
 
-    from training.federation.coordinator import latest_checkpoint, read_metrics
+    from training.federation.checkpoints import latest_checkpoint, read_metrics
     from training.federation.family import StopRun
     from training.federation.registry import family_from_config
     from training.federation.simulation import simulate
@@ -135,8 +135,8 @@ def evaluate_recon(
     and on every training site's validation subjects (Scenario 2); test data and masks from --config."""
     import sys
 
-    from benchmarks.common import markdown_table, write_report
-    from training.federation.coordinator import checkpoint_path, latest_checkpoint
+    from training.report import markdown_table, write_report
+    from training.federation.checkpoints import checkpoint_path, latest_checkpoint
     from training.federation.records import load_arrays
     from training.federation.registry import family_from_config, family_from_yaml
     from training.recon.evaluate import evaluate_split, tune_cs_lambda

@@ -231,7 +231,7 @@ def compare(config: Path, base: list[str], root: Path, seeds: Sequence[int] = ()
     (no DP) vs federated + DP, same model, rounds and data. ``seeds``: further seeds than the configuration's
     own; every row is trained once per seed, and a table of the means over the seeds, with the gap of
     federated + DP to each row, follows."""
-    from benchmarks.common import markdown_table
+    from training.report import markdown_table
 
     own = _compare_runs(config, base, root)
     others = {s: _compare_runs(config, base, root, s) for s in seeds}
@@ -258,7 +258,7 @@ def compare(config: Path, base: list[str], root: Path, seeds: Sequence[int] = ()
 def compare_small(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]:
     """The same comparison on 400 records per site (``SMALL``), with flat and per-layer clipping, and flat
     clipping with twice the rounds."""
-    from benchmarks.common import markdown_table
+    from training.report import markdown_table
 
     small = [*base, *SMALL]
     runs = [
@@ -275,7 +275,7 @@ def compare_small(config: Path, base: list[str], root: Path) -> tuple[str, list[
 
 def partitions(config: Path, base: list[str], short: list[str], root: Path) -> tuple[str, list[dict]]:
     """The three partition schemes of the training slices over the sites (federated + DP, short runs)."""
-    from benchmarks.common import markdown_table
+    from training.report import markdown_table
 
     runs = [(p, run_one(config, [*base, *short, f"data.partition={p}"], root / f"partition-{p}"))
             for p in ("average", "gradual", "extreme")]
@@ -285,7 +285,7 @@ def partitions(config: Path, base: list[str], short: list[str], root: Path) -> t
 
 def dp_grid(config: Path, base: list[str], short: list[str], root: Path) -> tuple[str, list[dict]]:
     """Noise multiplier x clip bound (federated + DP, short runs): PSNR A->B and the largest site epsilon."""
-    from benchmarks.common import markdown_table
+    from training.report import markdown_table
 
     results = {}
     for s in NOISES:
@@ -303,7 +303,7 @@ def ablation(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]
     """Where the gap between federated + DP and centralized comes from: full runs with one change each
     (``ABLATION``: DP's clipping without its noise, the noise multiplier, Adam's beta1, the rounds, the batch,
     the generator's size) and the mean of the default run's last rounds, beside the 'compare' runs (reused)."""
-    from benchmarks.common import markdown_table
+    from training.report import markdown_table
 
     base = [*base, *SCRATCH]
     full = full_runs(config, base, root, suffix="-scratch")
@@ -334,7 +334,7 @@ def averaged_rounds(run_dir: Path, k: int) -> dict:
     :func:`run_one`'s). Averaging released weights is post-processing: it costs no privacy."""
     import numpy as np
 
-    from training.federation.coordinator import checkpoint_path, latest_checkpoint, read_metrics
+    from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
     from training.federation.records import load_arrays
     from training.federation.registry import family_from_yaml
 
@@ -346,7 +346,7 @@ def averaged_rounds(run_dir: Path, k: int) -> dict:
 
 
 def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list[str], root: Path) -> None:
-    from benchmarks.common import write_report
+    from training.report import write_report
 
     cfg = yaml.safe_load(Path(config).read_text())
     d, priv = cfg.get("data", {}), cfg.get("privacy", {})
