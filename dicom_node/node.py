@@ -36,11 +36,6 @@ __all__ = ["DicomNode"]
 log = logging.getLogger("dicom_node")
 
 
-def _import_contrast_heuristics() -> None:
-    """Import the contrast heuristics (mrcore readers: seconds) before the first C-STORE needs them."""
-    import mrcore.data.readers.mrd  # noqa: F401
-
-
 class DicomNode:
     """The DICOM node.
 
@@ -80,8 +75,6 @@ class DicomNode:
             self._spawn(f"process-{i}", self._processing_loop)
         for i in range(self.config.delivery.workers):
             self._spawn(f"deliver-{i}", self._delivery_loop)
-        if any("contrast" in r.rules for r in self.config.routes):
-            self._spawn("warm-up", _import_contrast_heuristics)
         self.address = self.scp.start()
         return self.address
 

@@ -35,7 +35,6 @@ Conventions and decisions
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +45,8 @@ import ismrmrd.xsd
 import numpy as np
 
 from mrcore.data.base import CONTRASTS, KSpaceSlice
-from mrcore.data.readers.fastmri import FASTMRI_ACQUISITIONS, _list_h5, _site_of
-from mrcore.data.readers.indexed import IndexedFileSource
+from mrcore.data.readers.indexed import IndexedFileSource, list_files, site_of
+from mrcore.contrast import contrast_from_header, contrast_from_protocol, contrast_from_sequence
 from mrcore.validate import as_array, check_choice, check_complex, check_finite, check_ndim
 
 __all__ = [
@@ -82,78 +81,6 @@ def _bit(flag: int) -> int:
 _SKIP_MASK = 0
 for _f in SKIPPED_FLAGS:
     _SKIP_MASK |= _bit(_f)
-
-
-# --------------------------------------------------------------------------------------------------
-# contrast heuristics
-# --------------------------------------------------------------------------------------------------
-def contrast_from_protocol(name: str | None) -> str | None:
-    """Contrast suggested by a protocol / series name, or ``None``.
-
-    Order: FLAIR (``flair``, ``dark fluid``, ``tirm``; but ``t1`` + ``flair`` is T1-FLAIR, T1w), then the
-    fastMRI acquisition table (``AXT2``...),
-    then T1w (``t1``, ``mprage``, ``spgr``, ``tfl``, ``bravo``), T2w (``t2``), PD (``pd``, ``proton``).
-    """
-    if not name:
-        return None
-    n = str(name).strip().lower()
-    if re.search(r"flair|dark[ _-]?fluid|tirm", n):
-        return "T1w" if "t1" in n else "FLAIR"  # T1-FLAIR is T1-weighted
-    fast = FASTMRI_ACQUISITIONS.get(n.upper().split("_", 1)[0])
-    if fast is not None:
-        return fast
-    if re.search(r"t1|mp-?rage|mp2rage|spgr|tfl|bravo", n):
-        return "T1w"
-    if "t2" in n:
-        return "T2w"
-    if re.search(r"pd|proton", n):
-        return "PD"
-    return None
-
-
-def _first(values) -> float | None:
-    if values is None:
-        return None
-    if isinstance(values, (list, tuple)):
-        return float(values[0]) if values else None
-    return float(values)
-
-
-def contrast_from_sequence(tr_ms: float | None, te_ms: float | None, ti_ms: float | None) -> str | None:
-    """Contrast suggested by TR/TE/TI in milliseconds (ISMRMRD units), or ``None`` when ambiguous.
-
-    TI > 1500 -> FLAIR; 300 <= TI <= 1500 with TE < 30 -> T1w (MPRAGE-like); TR < 1000 with TE < 30 -> T1w;
-    TR >= 1500 with TE >= 60 -> T2w; TR >= 1500 with TE <= 40 -> PD.
-    """
-    if ti_ms is not None and ti_ms > 1500:
-        return "FLAIR"
-    if te_ms is None:
-        return None
-    if ti_ms is not None and 300 <= ti_ms <= 1500 and te_ms < 30:
-        return "T1w"
-    if tr_ms is None:
-        return None
-    if tr_ms < 1000 and te_ms < 30:
-        return "T1w"
-    if tr_ms >= 1500 and te_ms >= 60:
-        return "T2w"
-    if tr_ms >= 1500 and te_ms <= 40:
-        return "PD"
-    return None
-
-
-def contrast_from_header(header) -> str | None:
-    """Contrast from a parsed ``ismrmrd.xsd.ismrmrdHeader``: protocol/series name, then TR/TE/TI; else ``None``."""
-    mi = getattr(header, "measurementInformation", None)
-    if mi is not None:
-        for name in (getattr(mi, "protocolName", None), getattr(mi, "seriesDescription", None)):
-            c = contrast_from_protocol(name)
-            if c is not None:
-                return c
-    sp = getattr(header, "sequenceParameters", None)
-    if sp is not None:
-        return contrast_from_sequence(_first(sp.TR), _first(sp.TE), _first(sp.TI))
-    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,10 +335,10 @@ class MRDSource(IndexedFileSource[_MRDFile]):
         self._crop_readout = bool(crop_readout)
 
         files: list[_MRDFile] = []
-        for path in _list_h5(root, what, _SUFFIXES):
+        for path in list_files(root, what, _SUFFIXES):
             if not h5py.is_hdf5(path):
                 raise ValueError(f"{path}: not an HDF5 file (expected an MRD/ISMRMRD file)")
-            f = self._inspect(path, _site_of(path, site, what), contrast, contrast_from_header)
+            f = self._inspect(path, site_of(path, site, what), contrast, contrast_from_header)
             if contrasts is None or f.contrast in contrasts:
                 files.append(f)
         if not files:
