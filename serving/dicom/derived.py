@@ -33,7 +33,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-from serving.dicom.series import ENHANCED_MR_IMAGE_STORAGE, MR_IMAGE_STORAGE, SeriesGeometry, geometry_of
+from serving.dicom.geometry import SeriesGeometry
+from serving.dicom.series import ENHANCED_MR_IMAGE_STORAGE, MR_IMAGE_STORAGE, geometry_of
 
 __all__ = ["UINT16_MAX", "build_derived_series", "dataset_bytes", "datasets_zip", "intensity_mapping",
            "real_world_values"]

@@ -48,7 +48,7 @@ from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, gene
 
 from mrcore.data.base import CONTRASTS
 from serving.dicom.errors import DicomInputError
-from serving.dicom.series import SeriesGeometry
+from serving.dicom.geometry import SeriesGeometry
 
 __all__ = [
     "KSPACE_GROUP",
