@@ -12,7 +12,7 @@ import onnx
 import onnxruntime
 import torch
 
-from training.federation.coordinator import checkpoint_path, latest_checkpoint, read_metrics
+from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
 from training.federation.records import load_arrays
 from training.federation.registry import family_from_yaml
 

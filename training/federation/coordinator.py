@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -23,37 +22,14 @@ import yaml
 from flwr.app import MetricRecord
 from flwr.serverapp import Grid
 
+from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
 from training.federation.family import Arrays
 from training.federation.records import from_record, load_arrays, save_arrays, to_record
 from training.federation.registry import family_from_config, family_from_yaml
+from training.federation.runconfig import absolute_paths
 from training.federation.strategy import SiteFedAvg, describe
 
 log = logging.getLogger(__name__)
-_CKPT = re.compile(r"round_(\d{3,})\.npz$")
-
-
-def checkpoint_path(run_dir: Path, server_round: int, suffix: str = ".npz") -> Path:
-    """``run_dir/checkpoints/round_NNN.npz`` (the shared weights after ``server_round``; ``suffix=".json"``: its
-    metrics record)."""
-    return Path(run_dir) / "checkpoints" / f"round_{int(server_round):03d}{suffix}"
-
-
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """(round, path) of the newest checkpoint in ``run_dir/checkpoints``, or None."""
-    found = []
-    for p in (Path(run_dir) / "checkpoints").glob("round_*.npz"):
-        m = _CKPT.search(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return max(found) if found else None
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """All round records of ``run_dir/metrics.jsonl`` (empty if none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _truncate_metrics(run_dir: Path, last_round: int) -> None:
@@ -80,10 +56,8 @@ class RunMismatch(ValueError):
 def _with_defaults(cfg: dict) -> dict:
     """``cfg`` with every key of the schema filled in: keys added since a run was saved take their
     defaults, which keep the old behaviour. A config the schema refuses is returned as it is."""
-    from training.federation.runconfig import _absolute_paths
-
     try:
-        return _absolute_paths(family_from_config(cfg).config_dict())
+        return absolute_paths(family_from_config(cfg).config_dict())
     except ValueError:
         return cfg
 
