@@ -13,6 +13,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import pydicom.config
+
 __all__ = ["audit", "configure_logging", "uid_hash"]
 
 AUDIT = logging.getLogger("dicom_node.audit")
@@ -32,8 +34,6 @@ def audit(event: str, **fields) -> None:
 
 def configure_logging(level: str = "INFO", audit_file: Path | None = None) -> None:
     """Node logging to stderr (and the audit lines also to ``audit_file``); quiet third-party loggers."""
-    import pydicom.config
-
     root = logging.getLogger()
     root.setLevel(level)
     if not any(getattr(h, "_dicom_node", False) for h in root.handlers):

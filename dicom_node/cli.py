@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import pydicom
 import typer
+
+from dicom_node.audit import configure_logging, uid_hash
+from dicom_node.config import ConfigError, load_config
+from dicom_node.node import DicomNode
+from dicom_node.queue import STATES, JobQueue
+from serving.dicom import encode_kspace, read_kspace_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DICOM node of the MRI service: storage SCP, durable job queue, derived-series delivery.")
@@ -23,8 +30,6 @@ _CONFIG = typer.Option(Path("configs/dicom_node.yaml"), "--config", "-c", help="
 
 
 def _load(config: Path, **overrides):
-    from dicom_node.config import ConfigError, load_config
-
     try:
         return load_config(config, {k: v for k, v in overrides.items() if v is not None})
     except ConfigError as e:
@@ -52,9 +57,6 @@ def serve(
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Run the node until SIGTERM / Ctrl-C (listener, assembler, processing and delivery workers)."""
-    from dicom_node.audit import configure_logging
-    from dicom_node.node import DicomNode
-
     raw = _load(config)
     overrides = {}
     if host or port is not None:
@@ -88,9 +90,6 @@ def jobs(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Table of jobs and their states (with per-destination delivery state and the last error)."""
-    from dicom_node.audit import uid_hash
-    from dicom_node.queue import STATES, JobQueue
-
     if state is not None and state not in STATES:
         raise typer.BadParameter(f"expected one of {', '.join(STATES)}", param_hint="--state")
     cfg = _load(config)
@@ -123,8 +122,6 @@ def jobs(
 @app.command()
 def retry(job: int = typer.Argument(..., help="Job id (see `jobs`)."), config: Path = _CONFIG) -> None:
     """Re-queue a failed job: failed deliveries are retried with the stored results, else processing."""
-    from dicom_node.queue import JobQueue
-
     cfg = _load(config)
     q = JobQueue(cfg.db_path)
     try:
@@ -157,10 +154,6 @@ def wrap_kspace(
     slice_thickness: float = typer.Option(5.0, help="Slice thickness / spacing in mm."),
 ) -> None:
     """Wrap k-space into Raw Data Storage DICOM files (private block, see docs/dicom_node.md) for storescu."""
-    import pydicom
-
-    from serving.dicom import encode_kspace, read_kspace_file
-
     try:
         kf = read_kspace_file(input, mask=mask, contrast=contrast, acceleration=acceleration, mask_kind=mask_kind,
                               center_fraction=center_fraction)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,6 @@ class TLSConfig:
 
     def server_context(self):
         """``ssl.SSLContext`` for the listener."""
-        import ssl
-
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(self.certificate), str(self.private_key))
@@ -121,8 +120,6 @@ class TLSConfig:
 
     def client_context(self):
         """``ssl.SSLContext`` for a destination."""
-        import ssl
-
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.ca_certificates:

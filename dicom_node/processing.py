@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicom_node.config import Route
+from serving.client import TritonClient
 from serving.dicom import build_derived_series, decode_kspace, read_series
 
 __all__ = ["InferenceBackend", "InferenceProcessor", "ProcessResult", "Processor", "TransientError",
@@ -140,8 +141,6 @@ class InferenceProcessor:
 
 def make_processor(url: str, protocol: str = "http") -> Processor:
     """The production processor around ``serving.client.TritonClient(url, protocol)``."""
-    from serving.client import TritonClient
-
     return InferenceProcessor(TritonClient(url=url, protocol=protocol))
 
 

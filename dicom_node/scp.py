@@ -35,10 +35,10 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLosslessSV1,

@@ -23,6 +23,10 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import tritonclient.grpc
+import tritonclient.http
+from google.protobuf.json_format import MessageToDict
+from tritonclient.utils import InferenceServerException
 
 from mrcore.masks import infer_mask
 
@@ -106,11 +110,7 @@ class TritonClient:
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
         self.url, self.protocol, self.timeout_s = url, protocol, float(timeout_s)
-        if protocol == "http":
-            import tritonclient.http as tc
-        else:
-            import tritonclient.grpc as tc
-        self._tc = tc
+        self._tc = tritonclient.http if protocol == "http" else tritonclient.grpc
         self._local = threading.local()   # tritonclient's HTTP client must not cross threads (gevent)
         self._all: list = []
         self._lock = threading.Lock()
@@ -151,8 +151,6 @@ class TritonClient:
     # -- health and models --------------------------------------------------------------------
     def _call(self, what: str, fn, *args, **kwargs):
         """Run a tritonclient call, mapping its failures to InferenceUnavailable / InferenceError."""
-        from tritonclient.utils import InferenceServerException
-
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
@@ -191,8 +189,6 @@ class TritonClient:
         meta = self._call(f"model {name!r}", self._client.get_model_metadata, name)
         cfg = self._call(f"model {name!r}", self._client.get_model_config, name)
         if self.protocol == "grpc":
-            from google.protobuf.json_format import MessageToDict
-
             meta, cfg = MessageToDict(meta, preserving_proto_field_name=True), MessageToDict(cfg.config, preserving_proto_field_name=True)
         return {"name": meta["name"], "versions": list(meta.get("versions", [])),
                 "inputs": meta.get("inputs", []), "outputs": meta.get("outputs", []),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,8 +38,6 @@ def api_token(path: Path) -> Path:
     Only used when neither ``MRI_API_TOKENS`` nor ``MRI_API_TOKENS_FILE`` is set: a local ``make run``
     then works without set-up, and the token never appears in logs.
     """
-    import secrets
-
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytriton
+import tritonclient.http as httpclient
+
 from .repository import ModelEntry, check_repository
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,6 @@ class TritonSettings:
 
 def pytriton_dir() -> Path:
     """The ``pytriton/tritonserver`` directory of the installed wheel."""
-    import pytriton
-
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
 
 
@@ -97,8 +98,6 @@ def backend_directory(cache: Path | None = None) -> Path:
 def server_environment() -> dict[str, str]:
     """Environment of the server and its python stubs: the wheel's bundled libraries, this
     interpreter's libpython (not the system's) and this environment's site-packages (numpy, ONNX Runtime)."""
-    import pytriton
-
     env = dict(os.environ)
     libs = Path(pytriton.__file__).resolve().parents[1] / "nvidia_pytriton.libs"
     libdirs = [str(libs), sysconfig.get_config_var("LIBDIR") or ""]
@@ -205,8 +204,6 @@ class TritonServer:
         return self
 
     def _wait_ready(self) -> None:
-        import tritonclient.http as httpclient
-
         s = self.settings
         deadline = time.monotonic() + s.startup_timeout_s
         client = httpclient.InferenceServerClient(self.http_url, connection_timeout=2.0, network_timeout=5.0)

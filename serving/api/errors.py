@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.api.logs import current_request_id
+from serving.client import InferenceError, InferenceUnavailable, UnknownModel
 
 log = logging.getLogger("serving.api")
 
@@ -84,8 +85,6 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 
 def install_handlers(app: FastAPI) -> None:
     """Map ApiError, request validation, HTTP errors and the client layer's errors to the JSON shape."""
-    from serving.client import InferenceError, InferenceUnavailable, UnknownModel
-
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return error_response(exc, request)

@@ -29,11 +29,19 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
+import ismrmrd
+import ismrmrd.xsd
+import nibabel as nib
 import numpy as np
 
+from mrcore.contrast import contrast_from_header, contrast_of_acquisition
 from mrcore.data.base import CONTRASTS
 from serving.api.errors import ApiError
 from serving.api.settings import LimitSettings
+from serving.dicom import DicomInputError, decode_kspace, load_datasets, read_series
+from serving.dicom.kspace_files import read_kspace_file
+from serving.dicom.series import guess_contrast
 
 __all__ = ["ReconInput", "SynthInput", "Upload", "check_contrast", "detect_recon_format", "detect_synth_format",
            "parse_recon", "parse_synth"]
@@ -139,8 +147,6 @@ def _is_npz(data: bytes | Path) -> bool:
 
 
 def _is_fastmri(data: bytes | Path) -> bool:
-    import h5py
-
     try:
         with h5py.File(io.BytesIO(data) if isinstance(data, bytes) else data, "r") as f:
             return isinstance(f.get("kspace"), h5py.Dataset)
@@ -438,10 +444,6 @@ def _clean(msg: str, path: Path) -> str:
 
 def _read_hdf5(data: bytes | Path, fmt: str, contrast: str | None, scratch: Path | None):
     """(kspace, mask, contrast, description, pixel_spacing) of a fastMRI or MRD file (serving.dicom.kspace_files)."""
-    import h5py
-
-    from serving.dicom.kspace_files import read_kspace_file
-
     label = "fastMRI" if fmt == "fastmri" else "ISMRMRD/MRD"
     expected = ("fastMRI HDF5 with a complex 'kspace' dataset [slices, coils, ky, kx]" if fmt == "fastmri"
                 else "ISMRMRD/MRD HDF5 (Cartesian 2-D, XML header + acquisitions)")
@@ -453,8 +455,6 @@ def _read_hdf5(data: bytes | Path, fmt: str, contrast: str | None, scratch: Path
         found = description = spacing = None
         try:
             if fmt == "fastmri":
-                from mrcore.data.readers.fastmri import contrast_of_acquisition
-
                 with h5py.File(path, "r") as f:
                     if not isinstance(f.get("kspace"), h5py.Dataset):
                         raise ApiError(422, "the HDF5 file has no 'kspace' dataset", field="kspace",
@@ -479,11 +479,6 @@ def _read_hdf5(data: bytes | Path, fmt: str, contrast: str | None, scratch: Path
 def _mrd_facts(path: Path) -> tuple[str | None, str | None, tuple[float, float] | None]:
     """(contrast from the header, protocol name, pixel spacing (row, col) mm of the recon space) of an MRD file.
     Patient/study fields of the header are never read."""
-    import ismrmrd
-    import ismrmrd.xsd
-
-    from mrcore.data.readers.mrd import contrast_from_header
-
     ds = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False, mode="r")
     try:
         header = ismrmrd.xsd.CreateFromDocument(ds.read_xml_header())
@@ -522,8 +517,6 @@ def _check_zip(data: bytes | Path, limits: LimitSettings) -> None:
 
 
 def _load_dicom(upload: Upload, limits: LimitSettings):
-    from serving.dicom import DicomInputError, load_datasets
-
     for f in upload.files:
         _check_zip(f, limits)
     try:
@@ -545,8 +538,6 @@ def _dicom_error(exc, what: str = "an MR image series (MR / Enhanced MR Image St
 
 
 def _read_dicom_kspace(upload: Upload, limits: LimitSettings):
-    from serving.dicom import DicomInputError, decode_kspace
-
     datasets = _load_dicom(upload, limits)
     try:
         return decode_kspace(datasets)
@@ -590,9 +581,6 @@ def parse_synth(upload: Upload, declared: str | None, limits: LimitSettings, *, 
         vol = data.astype(np.float32)  # dataobj applies scl_slope / scl_inter
         vol = check_images(np.ascontiguousarray(vol.transpose(2, 1, 0)), limits, sync=sync)
         return SynthInput(vol, "nifti", nifti=img)
-    from serving.dicom import DicomInputError, read_series
-    from serving.dicom.series import guess_contrast
-
     datasets = _load_dicom(upload, limits)
     try:
         series = read_series(datasets)
@@ -623,8 +611,6 @@ def _gunzip(data: bytes, cap: int) -> bytes:
 
 
 def _load_nifti(data: bytes | Path, limits: LimitSettings):
-    import nibabel as nib
-
     raw = data if isinstance(data, bytes) else Path(data).read_bytes()
     if raw[:2] == _GZIP_MAGIC:
         raw = _gunzip(raw, 4 * limits.max_job_body_bytes)

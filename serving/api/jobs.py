@@ -36,7 +36,7 @@ from serving.api.errors import ApiError
 from serving.api.inputs import Upload, parse_recon, parse_synth
 from serving.api.outputs import write_result
 from serving.api.pipeline import ReconOptions, SynthOptions, reconstruct, synthesize
-from serving.client import InferenceUnavailable
+from serving.client import InferenceError, InferenceUnavailable, UnknownModel
 
 log = logging.getLogger("serving.api.jobs")
 
@@ -291,8 +291,6 @@ class JobRunner:
             self._fail(job, {"error": "the inference server stayed unavailable; resubmit later", "field": None,
                              "expected": None, "status": 503, "code": "inference_unavailable"})
         except Exception as exc:  # noqa: BLE001 - any other failure is reported, not lost
-            from serving.client import InferenceError, UnknownModel
-
             if isinstance(exc, UnknownModel):
                 err = {"error": f"unknown model: {exc}", "field": "model", "expected": "a model listed by "
                        "GET /v1/models", "status": 404, "code": "unknown_model"}

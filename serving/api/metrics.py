@@ -33,7 +33,7 @@ class Metrics:
     def __init__(self, job_counts: Callable[[], dict[str, int]] | None = None) -> None:
         self._job_counts = job_counts or (lambda: {})
         try:
-            import prometheus_client as pc
+            import prometheus_client as pc  # deferred: optional at run time, /metrics falls back without it
         except ImportError:  # pragma: no cover - prometheus_client is a dependency; this is the fallback
             pc = None
         self._pc = pc

@@ -13,6 +13,7 @@ from serving.api.errors import ApiError
 from serving.api.inference import Inference, Progress
 from serving.api.inputs import ReconInput, SynthInput
 from serving.api.outputs import OutputMeta, Rendered, render
+from serving.dicom import SeriesGeometry
 
 __all__ = ["ReconOptions", "SynthOptions", "reconstruct", "synthesize"]
 
@@ -37,8 +38,6 @@ class SynthOptions:
 
 
 def _recon_geometry(req: ReconInput, opts: ReconOptions, shape: tuple[int, int, int]):
-    from serving.dicom import SeriesGeometry
-
     if req.geometry is not None and opts.pixel_spacing_mm is None and opts.slice_thickness_mm is None:
         return req.geometry
     s, rows, cols = shape

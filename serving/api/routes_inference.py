@@ -17,7 +17,7 @@ from serving.api.outputs import Rendered, negotiate
 from serving.api.pipeline import ReconOptions, SynthOptions, reconstruct, synthesize
 from serving.api.schemas import UPLOAD_ERRORS, ErrorOut, JobList, JobOut, binary_responses, body_spec
 from serving.api.uploads import read_upload
-from serving.client import synthesis_model_name
+from serving.client import UnknownModel, synthesis_model_name
 
 __all__ = ["router"]
 
@@ -157,8 +157,6 @@ async def _require_synth_model(request: Request, model: str | None, target: str,
     nothing to check yet when neither the model nor the source contrast is known."""
     if model is None and source is None:
         return
-    from serving.client import UnknownModel
-
     name = model or synthesis_model_name(source, target)
     try:
         await anyio.to_thread.run_sync(request.app.state.inference.require_model, name)

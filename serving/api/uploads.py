@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 from fastapi import Request
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from serving.api.errors import ApiError
 from serving.api.inputs import Upload
@@ -85,8 +86,6 @@ async def read_upload(request: Request, directory: Path | None = None) -> Upload
 
 
 async def _form(request: Request, directory: Path | None) -> Upload:
-    from starlette.requests import ClientDisconnect
-
     try:
         form = await request.form(max_files=10_000, max_fields=16)
     except (ApiError, ClientDisconnect):

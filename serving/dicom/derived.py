@@ -31,7 +31,7 @@ import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from serving.dicom.geometry import SeriesGeometry
 from serving.dicom.series import ENHANCED_MR_IMAGE_STORAGE, MR_IMAGE_STORAGE, geometry_of

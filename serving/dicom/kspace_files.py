@@ -18,6 +18,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mrcore.data.readers.fastmri import FastMRISource
+from mrcore.data.readers.mrd import MRDSource
+from mrcore.masks import make_mask  # imports sigpy (seconds): only when needed
+
 __all__ = ["KSpaceFile", "read_kspace_file"]
 
 
@@ -59,8 +63,6 @@ def _load_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _load_fastmri(path: Path, contrast: str | None) -> tuple[np.ndarray, np.ndarray | None, str]:
-    from mrcore.data.readers.fastmri import FastMRISource
-
     src = FastMRISource(path, site="file", default_contrast=contrast)
     c = src.slice_contrast("file", 0)
     k = np.stack([src.kspace("file", i, c).kspace for i in range(src.num_slices("file"))])
@@ -74,8 +76,6 @@ def _load_fastmri(path: Path, contrast: str | None) -> tuple[np.ndarray, np.ndar
 
 
 def _load_mrd(path: Path, contrast: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    from mrcore.data.readers.mrd import MRDSource
-
     src = MRDSource(path, site="file", contrast=contrast)
     c = src.slice_contrast("file", 0)
     n = src.num_slices("file")
@@ -132,8 +132,6 @@ def read_kspace_file(
         file_mask = np.asarray(m, dtype=np.float32)
     ns, _, ny, nx = k.shape
     if file_mask is None and acceleration is not None:
-        from mrcore.masks import make_mask  # imports sigpy (seconds): only when needed
-
         file_mask = make_mask(mask_kind, (ny, nx), float(acceleration), center_fraction, seed, axis=axis)
     if file_mask is not None:
         if file_mask.shape not in ((ny, nx), (ns, ny, nx)):
