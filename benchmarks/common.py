@@ -7,7 +7,7 @@ import json
 import socket
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from training.federation.registry import family_from_config

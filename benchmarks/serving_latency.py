@@ -23,6 +23,11 @@ from mrcore.coils import estimate_coil_maps
 from mrcore.cs import l1_wavelet_recon
 from mrcore.data.phantom import PhantomConfig, PhantomSource
 from mrcore.masks import make_mask
+from serving.client import TritonClient
+from serving.triton import TritonServer, TritonSettings
+from training.export.onnx_io import export_onnx, ort_session, relative_error
+from training.export.run import load_run  # noqa: F401  (quiets the exporter's logging)
+from training.recon.export import ReconForServing, servable_models
 
 app = typer.Typer(add_completion=False, help=__doc__)
 MODEL = "recon_unrolled"
@@ -45,12 +50,6 @@ def main(
     dft_op: bool = typer.Option(True, help="Also export and time the ONNX DFT-operator variant (25 s export)."),
 ) -> None:
     """Measure and write the table."""
-    from serving.client import TritonClient
-    from serving.triton import TritonServer, TritonSettings
-    from training.export.onnx_io import export_onnx, ort_session, relative_error
-    from training.export.run import load_run  # noqa: F401  (quiets the exporter's logging)
-    from training.recon.export import ReconForServing, servable_models
-
     matrix, coils = 256, 8
     k, mask = _slices(matrix, coils, 8, cache_dir)
     feed8 = {"kspace": np.stack([k.real, k.imag], -1).astype(np.float32), "mask": np.broadcast_to(mask, k.shape[:1] + mask.shape).astype(np.float32)}

@@ -59,7 +59,7 @@ def simulate_coil_maps(shape: Sequence[int], num_coils: int, seed: int = 0, rela
     relative_radius = _check_float("relative_radius", relative_radius, 0.0)
     phase_order = _check_int("phase_order", phase_order, 0)
 
-    import sigpy.mri  # here, not at module level: sigpy imports torch (seconds), which serving never needs
+    import sigpy.mri  # deferred: sigpy imports numba and torch (~3 s), which serving never needs
 
     ny, nx = int(dims[0]), int(dims[1])
     maps = sigpy.mri.birdcage_maps((num_coils, ny, nx), r=relative_radius)
@@ -108,7 +108,7 @@ def estimate_coil_maps(kspace: np.ndarray, calib_width: int = 24, threshold: flo
     if isinstance(crop, bool) or not isinstance(crop, Real) or not 0 <= crop < 1:
         raise ValueError(f"crop must be a number in [0, 1), got {crop!r}")
     max_iter = _check_int("max_iter", max_iter, 1)
-    import sigpy.mri.app
+    import sigpy.mri.app  # deferred: sigpy imports numba and torch (~3 s), which serving never needs
 
     app = sigpy.mri.app.EspiritCalib(k.astype(np.complex64, copy=False), calib_width=calib_width, thresh=threshold,
                                      kernel_width=_KERNEL_WIDTH, crop=crop, max_iter=max_iter, show_pbar=False)

@@ -204,7 +204,7 @@ class PoissonDiscMask:
                 f"acceleration {self.acceleration} is impossible for shape {dims}: the calibration box "
                 f"{self.calib} alone has {self.calib[0] * self.calib[1]} samples > {size / self.acceleration:.1f}"
             )
-        import sigpy.mri  # imported here: sigpy imports torch (seconds), which the serving side never needs
+        import sigpy.mri  # deferred: sigpy imports numba and torch (~3 s), which serving never needs
 
         for attempt in range(_POISSON_ATTEMPTS):
             sub_seed = int(np.random.SeedSequence((seed, attempt)).generate_state(1)[0])

@@ -12,10 +12,8 @@ import platform
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
-
-import numpy as np
-import torch
 
 __all__ = ["machine_line", "markdown_table", "write_report"]
 
@@ -25,7 +23,7 @@ def machine_line() -> str:
     cpu = platform.processor() or platform.machine()
     return (
         f"{platform.node()} · {os.cpu_count()} CPU cores ({cpu}) · Python {sys.version.split()[0]} · "
-        f"numpy {np.__version__} · torch {torch.__version__} · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+        f"numpy {version('numpy')} · torch {version('torch')} · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     )
 
 

@@ -97,7 +97,7 @@ def load_template() -> TissueTemplate:
     TissueTemplate
         Cached: later calls return the same object.
     """
-    from nilearn import datasets  # imported lazily: slow to import, unneeded when data is cached
+    from nilearn import datasets  # deferred: slow to import, unneeded when the data is cached
 
     gm_img = datasets.load_mni152_gm_template()
     affine = np.asarray(gm_img.affine, dtype=np.float64)

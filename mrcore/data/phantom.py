@@ -43,6 +43,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from tqdm import tqdm
 
 from mrcore.coils import simulate_coil_maps
@@ -216,8 +217,6 @@ def _signal(seq: SequenceParams, pd, t1, t2) -> np.ndarray:
 
 
 def _bias_coeffs(*entropy: int) -> np.ndarray:
-    from scipy import ndimage
-
     grid = np.random.default_rng(_seq(*entropy)).standard_normal((_BIAS_GRID,) * 3)
     return ndimage.spline_filter(grid, order=3, mode="nearest")
 

@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 
 from .spec import ServableModel
@@ -31,8 +33,6 @@ def export_onnx(model: ServableModel, path: Path) -> Path:
 
     The file is written atomically; the graph is checked with ``onnx.checker``.
     """
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
@@ -93,8 +93,6 @@ def check_io(proto, model: ServableModel) -> None:
 
 def ort_session(path: Path, threads: int = 0):
     """A CPU ONNX Runtime session for ``path`` (``threads=0``: ONNX Runtime's default)."""
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads

@@ -31,7 +31,9 @@ from training.splits import split_subjects, spread
 from training.synthesis.config import SynthesisRunConfig, parse_direction
 from training.synthesis.data import ContrastPairs, choose_paired, partition_counts, partition_fractions
 from training.synthesis.evaluate import evaluate_pairs
+from training.synthesis.export import servable_models
 from training.synthesis.loop import train_epoch
+from training.synthesis.plots import plot_privacy, plot_samples
 from training.synthesis.pretrained import load_init, provenance_path
 
 log = logging.getLogger(__name__)
@@ -294,16 +296,10 @@ class SynthesisFamily(Family):
         return self.evaluate(arrays, self.dataset("*", "heldout"), identity=True)
 
     def write_artifacts(self, arrays: Arrays, server_round: int, run_dir: Path) -> None:
-        from training.synthesis.plots import plot_samples
-
         plot_samples(self, arrays, run_dir / "plots" / "samples.png", title=f"held-out, round {server_round}")
 
     def plot_run(self, rows: list[dict], run_dir: Path) -> None:
-        from training.synthesis.plots import plot_privacy
-
         plot_privacy(rows, run_dir / "plots" / "privacy.png")
 
     def servable_models(self, arrays: Arrays) -> list:
-        from training.synthesis.export import servable_models
-
         return servable_models(self, arrays)

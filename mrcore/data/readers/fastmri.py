@@ -37,8 +37,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mrcore.data.base import CONTRASTS, KSpaceSlice
 from mrcore.contrast import FASTMRI_ACQUISITIONS, contrast_of_acquisition
+from mrcore.data.base import CONTRASTS, KSpaceSlice
 from mrcore.data.readers.indexed import IndexedFileSource, list_files, rss, site_of
 from mrcore.validate import check_choice
 

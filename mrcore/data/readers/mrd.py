@@ -44,9 +44,9 @@ import ismrmrd
 import ismrmrd.xsd
 import numpy as np
 
+from mrcore.contrast import contrast_from_header, contrast_from_protocol, contrast_from_sequence
 from mrcore.data.base import CONTRASTS, KSpaceSlice
 from mrcore.data.readers.indexed import IndexedFileSource, list_files, site_of
-from mrcore.contrast import contrast_from_header, contrast_from_protocol, contrast_from_sequence
 from mrcore.validate import as_array, check_choice, check_complex, check_finite, check_ndim
 
 __all__ = [
