@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
-import ismrmrd
-import ismrmrd.xsd
 import nibabel as nib
 import numpy as np
 
 from mrcore.contrast import contrast_from_header, contrast_of_acquisition
+from mrcore.data.readers.mrd import read_header
 from mrcore.data.base import CONTRASTS
 from serving.api.errors import ApiError
 from serving.api.settings import LimitSettings
@@ -479,11 +478,7 @@ def _read_hdf5(data: bytes | Path, fmt: str, contrast: str | None, scratch: Path
 def _mrd_facts(path: Path) -> tuple[str | None, str | None, tuple[float, float] | None]:
     """(contrast from the header, protocol name, pixel spacing (row, col) mm of the recon space) of an MRD file.
     Patient/study fields of the header are never read."""
-    ds = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False, mode="r")
-    try:
-        header = ismrmrd.xsd.CreateFromDocument(ds.read_xml_header())
-    finally:
-        ds.close()
+    header, _ = read_header(path)
     contrast = contrast_from_header(header)
     info = getattr(header, "measurementInformation", None)
     protocol = getattr(info, "protocolName", None) if info is not None else None

@@ -35,13 +35,12 @@ Conventions and decisions
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import ismrmrd
-import ismrmrd.xsd
 import numpy as np
 
 from mrcore.contrast import contrast_from_header, contrast_from_protocol, contrast_from_sequence
@@ -49,12 +48,17 @@ from mrcore.data.base import CONTRASTS, KSpaceSlice
 from mrcore.data.readers.indexed import IndexedFileSource, list_files, site_of
 from mrcore.validate import as_array, check_choice, check_complex, check_finite, check_ndim
 
+with warnings.catch_warnings():  # ismrmrd.image calls warnings.simplefilter("default") for the whole process
+    import ismrmrd
+    import ismrmrd.xsd
+
 __all__ = [
     "MRDSource",
     "SKIPPED_FLAGS",
     "contrast_from_header",
     "contrast_from_protocol",
     "contrast_from_sequence",
+    "read_header",
     "write_mrd",
 ]
 
@@ -265,7 +269,9 @@ class _MRDFile:
         return len(self.slices)
 
 
-def _read_header(path: Path, dataset: str):
+def read_header(path: Path, dataset: str = "dataset"):
+    """(parsed ``ismrmrd.xsd.ismrmrdHeader``, number of acquisitions) of an MRD file; ValueError naming what is
+    missing when it is not one."""
     try:
         ds = ismrmrd.Dataset(str(path), dataset, create_if_needed=False, mode="r")
     except OSError as e:
@@ -348,7 +354,7 @@ class MRDSource(IndexedFileSource[_MRDFile]):
 
     # --- construction --------------------------------------------------------------------------
     def _inspect(self, path: Path, site: str, contrast: str | None, from_header: bool) -> _MRDFile:
-        header, n_acq = _read_header(path, self._dataset)
+        header, n_acq = read_header(path, self._dataset)
         if not header.encoding:
             raise ValueError(f"{path}: the MRD header has no <encoding>")
         enc = header.encoding[0]
