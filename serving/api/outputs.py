@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.dataset import Dataset
 
 from serving.api.dicom_adapter import new_mr_series
 from serving.api.errors import ApiError
@@ -85,10 +86,10 @@ class OutputMeta:
     version: str
     description: str
     contrast: str | None = None            # contrast of the output images
-    geometry: object | None = None         # SeriesGeometry
-    sources: list | None = None            # source datasets (derived series references them)
-    frames: list | None = None
-    nifti: object | None = None            # source NIfTI image (affine/header kept)
+    geometry: SeriesGeometry | None = None
+    sources: list[Dataset] | None = None   # source datasets (derived series references them)
+    frames: list[int] | None = None
+    nifti: nib.Nifti1Image | nib.Nifti2Image | None = None  # source NIfTI image (affine/header kept)
     headers: dict = field(default_factory=dict)
 
 

@@ -46,6 +46,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
+from mrcore.contract import ContractError, check_kspace, check_mask, check_mask_shape, kspace_layout
 from mrcore.data.base import CONTRASTS
 from serving.dicom.errors import DicomInputError
 from serving.dicom.geometry import SeriesGeometry
@@ -122,26 +123,6 @@ def _ds(x: float) -> str:
     return s if len(s) <= 16 else f"{float(x):.6g}"
 
 
-def _check_kspace(kspace, mask) -> tuple[np.ndarray, np.ndarray | None]:
-    k = np.asarray(kspace)
-    if k.ndim == 3:
-        k = k[None]
-    if k.ndim != 4 or not np.iscomplexobj(k) or min(k.shape) < 1:
-        raise ValueError(f"kspace must be complex64 [slices, coils, ky, kx] or [coils, ky, kx], got {k.dtype} "
-                         f"{np.shape(kspace)}")
-    if not np.all(np.isfinite(k)):
-        raise ValueError("kspace contains NaN/Inf values")
-    k = np.ascontiguousarray(k, dtype=np.complex64)
-    if mask is None:
-        return k, None
-    m = np.asarray(mask, dtype=np.float32)
-    ns, _, ny, nx = k.shape
-    if m.shape not in ((ny, nx), (ns, ny, nx)):
-        raise ValueError(f"mask must be float32 [ky, kx] {(ny, nx)} or [slices, ky, kx] {(ns, ny, nx)}, got "
-                         f"{m.dtype} {m.shape}")
-    return k, np.ascontiguousarray(m)
-
-
 def encode_kspace(
     kspace: np.ndarray,
     mask: np.ndarray | None = None,
@@ -185,7 +166,9 @@ def encode_kspace(
     -------
     list of pydicom.Dataset with ``file_meta`` (Explicit VR Little Endian), one per slice or one in all.
     """
-    k, m = _check_kspace(kspace, mask)
+    shape = kspace_layout(kspace).shape  # the mask is checked against the layout before the values
+    m = check_mask(np.asarray(mask), shape) if mask is not None else None
+    k = check_kspace(kspace)
     ns, nc, ny, nx = k.shape
     if contrast is not None and contrast not in CONTRASTS:
         raise ValueError(f"unknown contrast {contrast!r}; expected one of {', '.join(CONTRASTS)}")
@@ -374,23 +357,21 @@ def _decode_one(ds: Dataset) -> _Part:
         raise DicomInputError(f"{where}: KSpaceData has {len(data)} bytes, expected 8 x slices x coils x ky x kx = "
                               f"8 x {' x '.join(map(str, shape))} = {expected}", attribute="KSpaceData",
                               kind="mismatch")
-    k = np.frombuffer(data, "<c8").reshape(shape).astype(np.complex64)
-    if not np.all(np.isfinite(k)):
-        raise DicomInputError(f"{where}: KSpaceData contains NaN/Inf values", attribute="KSpaceData")
+    k = _contract(where, "KSpaceData", check_kspace, np.frombuffer(data, "<c8").reshape(shape),
+                  require_samples=False)  # one instance of a volume may hold only zeros; the volume may not
     ns, _, ny, nx = shape
     mask = None
     mshape = _field(ds, block, "KSpaceMaskShape", required=False)
     if mshape is not None:
         mshape = _ints(ds, "KSpaceMaskShape", mshape, (2, 3))
-        if tuple(mshape) not in ((ny, nx), (ns, ny, nx)):
-            raise DicomInputError(f"{where}: KSpaceMaskShape {tuple(mshape)} must be (ky, kx) = {(ny, nx)} or "
-                                  f"(slices, ky, kx) = {(ns, ny, nx)}", attribute="KSpaceMaskShape", kind="mismatch")
+        _contract(where, "KSpaceMaskShape", check_mask_shape, tuple(mshape), k.shape, kind="mismatch",
+                  got=f"float32 {tuple(mshape)}")  # the block's masks are float32
         mdata = _field(ds, block, "KSpaceMaskData")
         if len(mdata) != 4 * int(np.prod(mshape)):
             raise DicomInputError(f"{where}: KSpaceMaskData has {len(mdata)} bytes, expected 4 x "
                                   f"{' x '.join(map(str, mshape))} = {4 * int(np.prod(mshape))}",
                                   attribute="KSpaceMaskData", kind="mismatch")
-        mask = np.frombuffer(mdata, "<f4").reshape(mshape).astype(np.float32)
+        mask = _contract(where, "KSpaceMaskData", check_mask, np.frombuffer(mdata, "<f4").reshape(mshape), k.shape)
         if mask.ndim == 2:
             mask = np.broadcast_to(mask, (ns, ny, nx))
     matrix = _ints(ds, "KSpaceReconMatrix", _field(ds, block, "KSpaceReconMatrix"), (2,))
@@ -424,6 +405,15 @@ def _decode_one(ds: Dataset) -> _Part:
                               attribute="KSpacePhaseEncodingAxis")
     return _Part(ds, k, mask, int(rng[0]), int(rng[1]), pos.reshape(ns, 3), ori, (spacing[0], spacing[1]),
                  thick[0] if thick else None, contrast, -2 if axis == "ROW" else -1)
+
+
+def _contract(where: str, attribute: str, check, *args, kind: str = "invalid", **kwargs):
+    """``check(*args, **kwargs)`` of :mod:`mrcore.contract`; its refusal as a DicomInputError naming the private
+    field and carrying the contract's verdict."""
+    try:
+        return check(*args, **kwargs)
+    except ContractError as exc:
+        raise DicomInputError(f"{where}: {attribute}: {exc}", attribute=attribute, kind=kind, contract=exc) from None
 
 
 def check_kspace_instance(ds: Dataset) -> None:
@@ -476,7 +466,8 @@ def decode_kspace(datasets: Sequence[Dataset] | Dataset) -> KSpaceVolume:
         raise DicomInputError(f"k-space series incomplete or overlapping: {p0.total} slices expected, missing "
                               f"{missing[:10]}, given twice {twice[:10]}", attribute="KSpaceSliceRange",
                               kind="mismatch")
-    kspace = np.concatenate([p.kspace for p in parts])
+    kspace = _contract(f"series ...{str(p0.ds.SeriesInstanceUID)[-12:]}", "KSpaceData", check_kspace,
+                       np.concatenate([p.kspace for p in parts]))
     mask = None
     if p0.mask is not None:
         mask = np.concatenate([p.mask for p in parts]).astype(np.float32)
