@@ -100,7 +100,7 @@ def main(
 
     t_ort, all_ort = time_call(in_process, repeats)
     ref = in_process()
-    del session
+    session = None  # free the in-process session before the servers start
 
     body = io.BytesIO()
     np.save(body, kspace)

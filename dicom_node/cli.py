@@ -12,7 +12,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import pydicom
 import typer
@@ -47,11 +46,11 @@ def _import_factory(spec: str):
 @app.command()
 def serve(
     config: Path = _CONFIG,
-    host: Optional[str] = typer.Option(None, help="Override listen.host."),
-    port: Optional[int] = typer.Option(None, help="Override listen.port."),
-    storage_dir: Optional[Path] = typer.Option(None, help="Override storage_dir (spool, results, queue)."),
-    inference_url: Optional[str] = typer.Option(None, help="Override inference.url (Triton host:port)."),
-    processor: Optional[str] = typer.Option(
+    host: str | None = typer.Option(None, help="Override listen.host."),
+    port: int | None = typer.Option(None, help="Override listen.port."),
+    storage_dir: Path | None = typer.Option(None, help="Override storage_dir (spool, results, queue)."),
+    inference_url: str | None = typer.Option(None, help="Override inference.url (Triton host:port)."),
+    processor: str | None = typer.Option(
         None, help="MODULE:CALLABLE returning a processor (default: the Triton client). For custom pipelines "
                    "and tests."),
     log_level: str = typer.Option("INFO", help="Logging level."),
@@ -84,7 +83,7 @@ def _age(t: float | None) -> str:
 @app.command()
 def jobs(
     config: Path = _CONFIG,
-    state: Optional[str] = typer.Option(None, help="Only jobs in this state (receiving, complete, processing, "
+    state: str | None = typer.Option(None, help="Only jobs in this state (receiving, complete, processing, "
                                                    "delivering, done, failed)."),
     limit: int = typer.Option(50, help="Newest N jobs."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -140,14 +139,14 @@ def wrap_kspace(
                                  help=".npy complex (S, C, ky, kx) or (C, ky, kx), .npz (kspace, mask), fastMRI .h5, "
                                       "ISMRMRD .h5/.mrd"),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory for the DICOM files."),
-    mask: Optional[Path] = typer.Option(None, help=".npy mask float32 (ky, kx) or (S, ky, kx), 1 = sampled."),
-    acceleration: Optional[float] = typer.Option(None, help="Undersample fully sampled input with this factor."),
+    mask: Path | None = typer.Option(None, help=".npy mask float32 (ky, kx) or (S, ky, kx), 1 = sampled."),
+    acceleration: float | None = typer.Option(None, help="Undersample fully sampled input with this factor."),
     mask_kind: str = typer.Option("equispaced", help="equispaced | random | poisson (with --acceleration)."),
     center_fraction: float = typer.Option(0.08, help="Fully sampled centre fraction (with --acceleration)."),
     per_volume: bool = typer.Option(False, "--per-volume", help="One instance for the volume (default: per slice)."),
-    contrast: Optional[str] = typer.Option(None, help="T1w | T2w | PD | FLAIR (fallback for HDF5 files)."),
-    template: Optional[Path] = typer.Option(None, help="DICOM file whose patient and study are copied."),
-    patient_id: Optional[str] = typer.Option(None, help="PatientID without --template (default: generated)."),
+    contrast: str | None = typer.Option(None, help="T1w | T2w | PD | FLAIR (fallback for HDF5 files)."),
+    template: Path | None = typer.Option(None, help="DICOM file whose patient and study are copied."),
+    patient_id: str | None = typer.Option(None, help="PatientID without --template (default: generated)."),
     patient_name: str = typer.Option("", help="PatientName without --template."),
     series_description: str = typer.Option("undersampled k-space", help="SeriesDescription."),
     fov: tuple[float, float] = typer.Option((240.0, 240.0), help="Field of view (rows, cols) in mm."),

@@ -83,7 +83,7 @@ class TLSConfig:
     verify_server: bool = True
 
     @classmethod
-    def parse(cls, path: str, value, *, server: bool, base: Path) -> "TLSConfig | None":
+    def parse(cls, path: str, value, *, server: bool, base: Path) -> TLSConfig | None:
         if value in (None, False):
             return None
         keys = {"certificate", "private_key", "ca_certificates", "require_client_certificate", "verify_server"}
@@ -224,7 +224,7 @@ class RetryPolicy:
         return float(min(self.base_seconds * 2 ** max(attempt - 1, 0), self.max_seconds))
 
     @classmethod
-    def parse(cls, path: str, value, default: "RetryPolicy") -> "RetryPolicy":
+    def parse(cls, path: str, value, default: RetryPolicy) -> RetryPolicy:
         v = _mapping(path, value, {"max_attempts", "retry_base_seconds", "retry_max_seconds", "workers"})
         return cls(
             max_attempts=_num(f"{path}.max_attempts", v.get("max_attempts", default.max_attempts), minimum=1,

@@ -125,7 +125,7 @@ class DicomNode:
                 if time.time() - last_purge > 60:
                     last_purge = time.time()
                     self._purge()
-            except Exception:  # noqa: BLE001 - keep the loop alive, the error is logged
+            except Exception:  # keep the loop alive, the error is logged
                 log.exception("assembler loop error")
             self._stop.wait(self._poll)
 
@@ -210,7 +210,7 @@ class DicomNode:
                 continue
             try:
                 self._deliver(d)
-            except Exception:  # noqa: BLE001
+            except Exception:  # keep the delivery loop alive, the error is logged
                 log.exception("delivery loop error (job %d)", d.job_id)
             finally:
                 with self._busy_lock:
@@ -228,7 +228,7 @@ class DicomNode:
             if len(files) != job.result_count:
                 raise FileNotFoundError(f"results of job {job.id}: {len(files)} files, expected {job.result_count}")
             n = send_files(dest, files, calling_ae_title=self.config.ae_title, timeout=self.config.network_timeout)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - every failure of a delivery is recorded and retried
             msg = f"{e.__class__.__name__}: {e}"
             retry = attempt < policy.max_attempts and not isinstance(e, KeyError)
             state = self.queue.delivery_result(job.id, d.destination, ok=False, error=msg,

@@ -114,7 +114,7 @@ class TritonClient:
         for client in clients:
             try:
                 client.close()
-            except Exception:  # closing from another thread than the one that used it
+            except Exception:  # noqa: BLE001 - closing from another thread than the one that used it
                 pass
         self._local = threading.local()
 

@@ -41,9 +41,12 @@ def _onnx_io(path: Path) -> tuple[dict[str, int], dict[str, int]]:
     """``({input: rank}, {output: rank})`` of an ONNX file, read without loading the weights' data."""
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf decode errors have many types
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors have many types
         raise RepositoryError(f"{path}: not a readable ONNX model ({exc})") from None
-    rank = lambda v: len(v.type.tensor_type.shape.dim)  # noqa: E731
+
+    def rank(v) -> int:
+        return len(v.type.tensor_type.shape.dim)
+
     return {v.name: rank(v) for v in proto.graph.input}, {v.name: rank(v) for v in proto.graph.output}
 
 

@@ -197,7 +197,7 @@ class TritonServer:
                                             env=server_environment(), start_new_session=True)
         try:
             self._wait_ready()
-        except BaseException:
+        except BaseException:  # any failure, even Ctrl-C: stop the server process, re-raise
             self.stop()
             raise
         log.info("tritonserver ready: HTTP %s, gRPC %s, metrics %s", self.http_url, self.grpc_url, self.metrics_url)
@@ -217,7 +217,7 @@ class TritonServer:
                 try:
                     if client.is_server_ready() and all(client.is_model_ready(m.name) for m in self.models):
                         return
-                except Exception:  # not listening yet
+                except Exception:  # noqa: BLE001 - not listening yet
                     pass
                 time.sleep(0.25)
         finally:

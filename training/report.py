@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,7 +23,7 @@ def machine_line() -> str:
     cpu = platform.processor() or platform.machine()
     return (
         f"{platform.node()} · {os.cpu_count()} CPU cores ({cpu}) · Python {sys.version.split()[0]} · "
-        f"numpy {version('numpy')} · torch {version('torch')} · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+        f"numpy {version('numpy')} · torch {version('torch')} · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
 
 

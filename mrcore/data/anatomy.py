@@ -235,7 +235,7 @@ class SliceGrid:
     _cols: tuple[np.ndarray, np.ndarray]
 
     @classmethod
-    def axial(cls, matrix: tuple[int, int], fov_mm: tuple[float, float], z_mm) -> "SliceGrid":
+    def axial(cls, matrix: tuple[int, int], fov_mm: tuple[float, float], z_mm) -> SliceGrid:
         ny, nx = (int(v) for v in matrix)
         z = np.asarray(z_mm, dtype=np.float64).reshape(-1)
         ry, iy, wy = _axis_interp(ny, COARSE_STEP)

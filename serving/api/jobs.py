@@ -202,7 +202,7 @@ class JobRunner:
         for t in self._tasks:
             try:
                 await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down: a worker's last error is moot
                 pass
         self._tasks = []
 
@@ -227,7 +227,7 @@ class JobRunner:
             self._pending = max(0, self._pending - 1)
             try:
                 await anyio.to_thread.run_sync(self._process, job_id, parsed)
-            except Exception:  # noqa: BLE001 - _process records failures; this is a last resort
+            except Exception:  # _process records failures; this is a last resort
                 log.exception("job worker error", extra={"job_id": job_id})
             finally:
                 parsed = None
@@ -290,7 +290,7 @@ class JobRunner:
         except InferenceUnavailable:
             self._fail(job, {"error": "the inference server stayed unavailable; resubmit later", "field": None,
                              "expected": None, "status": 503, "code": "inference_unavailable"})
-        except Exception as exc:  # noqa: BLE001 - any other failure is reported, not lost
+        except Exception as exc:  # any other failure is reported in the job, not lost
             if isinstance(exc, UnknownModel):
                 err = {"error": f"unknown model: {exc}", "field": "model", "expected": "a model listed by "
                        "GET /v1/models", "status": 404, "code": "unknown_model"}

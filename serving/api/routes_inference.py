@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import anyio
@@ -121,8 +122,8 @@ async def reconstruct_sync(request: Request, _: str = Depends(require_token), q:
     opts = _recon_options(q, fmt, model, contrast)
     await anyio.to_thread.run_sync(state.inference.require_model, model)
     upload = await read_upload(request)
-    req = await anyio.to_thread.run_sync(lambda: parse_recon(upload, q.input_format, state.settings.limits,
-                                                             contrast=contrast, sync=True))
+    req = await anyio.to_thread.run_sync(partial(parse_recon, upload, q.input_format, state.settings.limits,
+                                                 contrast=contrast, sync=True))
     del upload
     rendered = await anyio.to_thread.run_sync(lambda: reconstruct(state.inference, req, opts))
     return _response(rendered)
@@ -176,7 +177,7 @@ async def synthesize_sync(request: Request, _: str = Depends(require_token), q: 
     target, source = _synth_setup(request, q)
     await _require_synth_model(request, q.model, target, source)
     upload = await read_upload(request)
-    req = await anyio.to_thread.run_sync(lambda: parse_synth(upload, q.input_format, state.settings.limits, sync=True))
+    req = await anyio.to_thread.run_sync(partial(parse_synth, upload, q.input_format, state.settings.limits, sync=True))
     del upload
     opts = _synth_options(request, q, req, target, source)
     await _require_synth_model(request, q.model, target, opts.source)
@@ -202,7 +203,7 @@ async def _receive_job(request: Request, kind: str, owner: str, params: dict, pa
                      "bytes": await anyio.to_thread.run_sync(upload.nbytes)}
         parsed = await anyio.to_thread.run_sync(lambda: parse(upload, d))
         return job, parsed
-    except BaseException:
+    except BaseException:  # any failure, even cancellation: drop the half-made job, re-raise
         state.job_store.delete(job.id)
         raise
 
@@ -248,7 +249,7 @@ async def synthesize_job(request: Request, owner: str = Depends(require_token), 
     try:
         opts = _synth_options(request, q, parsed, target, source)
         await _require_synth_model(request, q.model, target, opts.source)
-    except BaseException:
+    except BaseException:  # any failure, even cancellation: drop the half-made job, re-raise
         state.job_store.delete(job.id)
         raise
     job.params = {"model": opts.model, "format": opts.format, "input_format": parsed.input_format,

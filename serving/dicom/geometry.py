@@ -48,7 +48,7 @@ class SeriesGeometry:
 
     @classmethod
     def axial(cls, num_slices: int, shape: tuple[int, int], *, pixel_spacing=(1.0, 1.0), slice_thickness=1.0,
-              frame_of_reference_uid: str | None = None) -> "SeriesGeometry":
+              frame_of_reference_uid: str | None = None) -> SeriesGeometry:
         """Default axial stack centred on the origin (for k-space that arrives without geometry)."""
         rows, cols = int(shape[0]), int(shape[1])
         dr, dc = float(pixel_spacing[0]), float(pixel_spacing[1])

@@ -33,7 +33,7 @@ import yaml
 from tqdm import tqdm
 
 from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
-from training.federation.coordinator import check_same_run, read_metrics
+from training.federation.coordinator import check_same_run
 from training.federation.records import load_arrays
 from training.federation.registry import family_from_config, family_from_yaml
 from training.federation.runconfig import load_run_config

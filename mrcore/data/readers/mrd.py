@@ -283,7 +283,7 @@ def read_header(path: Path, dataset: str = "dataset"):
             raise ValueError(f"{path}: no MRD XML header ('/{dataset}/xml'); expected an ISMRMRD file") from None
         try:
             header = ismrmrd.xsd.CreateFromDocument(xml)
-        except Exception as e:  # xsdata raises several parser errors
+        except Exception as e:  # noqa: BLE001 - xsdata raises several parser errors
             raise ValueError(f"{path}: the MRD XML header does not parse ({e.__class__.__name__})") from None
         try:
             n = ds.number_of_acquisitions()
