@@ -32,14 +32,17 @@ def audit(event: str, **fields) -> None:
     AUDIT.info("AUDIT %s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
 
 
+class _NodeHandler(logging.StreamHandler):
+    """The node's stderr handler (installed once per process)."""
+
+
 def configure_logging(level: str = "INFO", audit_file: Path | None = None) -> None:
     """Node logging to stderr (and the audit lines also to ``audit_file``); quiet third-party loggers."""
     root = logging.getLogger()
     root.setLevel(level)
-    if not any(getattr(h, "_dicom_node", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _NodeHandler) for h in root.handlers):
+        h = _NodeHandler(sys.stderr)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        h._dicom_node = True
         root.addHandler(h)
     if audit_file is not None:
         audit_file.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import typer
@@ -57,7 +58,7 @@ def serve(
 ) -> None:
     """Run the node until SIGTERM / Ctrl-C (listener, assembler, processing and delivery workers)."""
     raw = _load(config)
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if host or port is not None:
         overrides["listen"] = {"host": host or raw.host, "port": raw.port if port is None else port}
     if storage_dir:
@@ -94,7 +95,7 @@ def jobs(
     cfg = _load(config)
     q = JobQueue(cfg.db_path)
     try:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for j in q.jobs(state, limit):
             rows.append({"id": j.id, "route": j.route, "state": j.state, "series": uid_hash(j.series_uid),
                          "instances": j.num_instances, "attempts": j.attempts,

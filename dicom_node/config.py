@@ -11,6 +11,7 @@ import fnmatch
 import re
 import ssl
 import tomllib
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def _port(path: str, value) -> int:
     return p
 
 
-def _mapping(path: str, value, allowed: set[str], required: set[str] = frozenset()) -> dict:
+def _mapping(path: str, value, allowed: set[str], required: AbstractSet[str] = frozenset()) -> dict:
     if value is None:
         value = {}
     if not isinstance(value, dict):
@@ -98,7 +99,7 @@ class TLSConfig:
                 files[k] = p
         if ("certificate" in files) != ("private_key" in files):
             raise ConfigError(f"{path}: certificate and private_key go together")
-        flags = {}
+        flags: dict[str, bool] = {}
         for k in ("require_client_certificate", "verify_server"):
             if k in v:
                 if not isinstance(v[k], bool):
@@ -106,7 +107,7 @@ class TLSConfig:
                 flags[k] = v[k]
         if flags.get("require_client_certificate") and "ca_certificates" not in files:
             raise ConfigError(f"{path}: require_client_certificate needs ca_certificates")
-        return cls(**files, **flags)
+        return cls(**files, **flags)  # type: ignore[arg-type]  # files: the Path fields, flags: the bool fields
 
     def server_context(self):
         """``ssl.SSLContext`` for the listener."""

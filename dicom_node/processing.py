@@ -124,6 +124,7 @@ class InferenceProcessor:
             same_contrast = True
         else:
             sv = read_series(datasets)
+            assert route.source is not None and route.target is not None  # the config requires both for synthesis
             image = np.asarray(self.backend.synthesize(sv.volume, route.source, route.target), dtype=np.float32)
             if image.shape != sv.volume.shape:
                 raise ValueError(f"model {route.model_name} returned {image.shape}, expected {sv.volume.shape}")

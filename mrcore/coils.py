@@ -13,13 +13,13 @@ _KERNEL_WIDTH = 6  # SigPy's ESPIRiT kernel width
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 
 def _check_float(name: str, value, low: float, high: float | None = None) -> float:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value) and value > low
+    ok = isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(float(value)) and float(value) > low
     if ok and high is not None:
         ok = value < high
     if not ok:

@@ -94,7 +94,7 @@ def main(
         env["MRI_API_TOKENS_FILE"] = str(api_token(token_file))
         token_note = f"bearer token in {token_file}: export MRI_API_TOKEN=$(cat {token_file})"
     children: dict[str, subprocess.Popen] = {}
-    stop = {"signal": None}
+    stop: dict[str, object] = {"signal": None}
 
     def handle(signum, _frame):
         stop["signal"] = signum

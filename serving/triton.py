@@ -207,9 +207,11 @@ class TritonServer:
         s = self.settings
         deadline = time.monotonic() + s.startup_timeout_s
         client = httpclient.InferenceServerClient(self.http_url, connection_timeout=2.0, network_timeout=5.0)
+        process = self.process
+        assert process is not None, "start() launches the process before it waits"
         try:
             while time.monotonic() < deadline:
-                code = self.process.poll()
+                code = process.poll()
                 if code is not None:
                     errors = load_errors(self.log_text())
                     cause = "; ".join(errors) if errors else self.log_text()[-2000:]

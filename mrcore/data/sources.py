@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mrcore.data.base import SliceSource
 
@@ -53,7 +53,7 @@ def open_source(cfg: DataConfig) -> SliceSource:
                 sites=sites,
                 subjects_per_site=cfg.subjects_per_site,
                 slices_per_subject=cfg.slices_per_subject,
-                matrix=tuple(cfg.matrix),
+                matrix=(int(cfg.matrix[0]), int(cfg.matrix[1])),
                 cache_dir=Path(cfg.cache_dir),
                 **cfg.extra,
             )
@@ -66,16 +66,18 @@ def open_source(cfg: DataConfig) -> SliceSource:
     if cfg.kind == "nifti":
         from mrcore.data.readers.nifti import NiftiSource  # deferred: nibabel, only for NIfTI data
 
-        kwargs = {"layout": cfg.layout, "matrix": tuple(cfg.matrix), **cfg.extra}
+        kwargs: dict[str, Any] = {"layout": cfg.layout, "matrix": tuple(cfg.matrix), **cfg.extra}
         if cfg.site is not None:
             kwargs["site"] = cfg.site
         return NiftiSource(root, **kwargs)
     if cfg.kind == "fastmri":
         from mrcore.data.readers.fastmri import FastMRISource  # deferred: h5py, only for fastMRI data
 
-        return FastMRISource(root, **({"site": cfg.site} if cfg.site else {}), **cfg.extra)
+        site: dict[str, Any] = {"site": cfg.site} if cfg.site else {}
+        return FastMRISource(root, **site, **cfg.extra)
     if cfg.kind == "mrd":
         from mrcore.data.readers.mrd import MRDSource  # deferred: ismrmrd, only for MRD data
 
-        return MRDSource(root, **({"site": cfg.site} if cfg.site else {}), **cfg.extra)
+        site = {"site": cfg.site} if cfg.site else {}
+        return MRDSource(root, **site, **cfg.extra)
     raise ValueError(f"unknown data source kind {cfg.kind!r}; expected one of {', '.join(SOURCE_KINDS)}")

@@ -56,7 +56,7 @@ class ApiError(Exception):
         return cls(422, str(exc), field=exc.field, expected=exc.expected, got=exc.got, code=exc.code)
 
     def body(self) -> dict:
-        out = {"error": self.error, "field": self.field, "expected": self.expected}
+        out: dict[str, object] = {"error": self.error, "field": self.field, "expected": self.expected}
         if self.got is not None:
             out["got"] = self.got
         out.update(status=self.status, code=self.code, request_id=current_request_id())

@@ -151,7 +151,7 @@ class Inference:
         missing = [m for m in required if m not in names]
         failed = [m["name"] for m in models if m["state"] != "READY"]
         ok = bool(server) and not missing and not failed
-        detail = {"triton": "ready" if server else "not ready", "models": models}
+        detail: dict[str, object] = {"triton": "ready" if server else "not ready", "models": models}
         if missing:
             detail["missing_models"] = missing
         if failed:
@@ -182,7 +182,7 @@ class Inference:
             k = kspace[start:stop]
             m = mask if mask is None or mask.ndim == 2 else mask[start:stop]
             with self.client() as c:
-                if takes_maps:
+                if takes_maps and maps is not None:
                     mp = maps if maps.ndim == 3 else maps[start:stop]
                     mp = np.broadcast_to(mp, k.shape)
                     mm = m if m is not None else np.stack([(x != 0).any(0) for x in k]).astype(np.float32)

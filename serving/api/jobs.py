@@ -29,6 +29,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -66,7 +67,7 @@ class Job:
     error: dict | None = None
 
     def public(self) -> dict:
-        out = {"id": self.id, "kind": self.kind, "status": self.status, "created_at": _iso(self.created_at),
+        out: dict[str, Any] = {"id": self.id, "kind": self.kind, "status": self.status, "created_at": _iso(self.created_at),
                "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at),
                "slices_total": self.slices_total, "slices_done": self.slices_done, "params": self.params,
                "links": {"self": f"/v1/jobs/{self.id}"}}
@@ -124,7 +125,7 @@ class JobStore:
         return job
 
     def all(self) -> list[Job]:
-        jobs = []
+        jobs: list[Job] = []
         if not self.directory.is_dir():
             return jobs
         for d in sorted(self.directory.iterdir()):
@@ -176,6 +177,11 @@ class JobRunner:
         self._tasks: list[asyncio.Task] = []
         self._pending = 0
 
+    def _queue(self) -> asyncio.Queue:
+        if self.queue is None:
+            raise RuntimeError("JobRunner.start() has not run: no queue yet")
+        return self.queue
+
     async def start(self) -> None:
         self.queue = asyncio.Queue()
         self.store.directory.mkdir(parents=True, exist_ok=True)
@@ -219,11 +225,11 @@ class JobRunner:
         job.slices_total = int((parsed.kspace if job.kind == "reconstruct" else parsed.volume).shape[0])
         self.store.save(job)
         self._pending += 1
-        self.queue.put_nowait((job.id, parsed))
+        self._queue().put_nowait((job.id, parsed))
 
     async def _worker(self, n: int) -> None:
         while True:
-            job_id, parsed = await self.queue.get()
+            job_id, parsed = await self._queue().get()
             self._pending = max(0, self._pending - 1)
             try:
                 await anyio.to_thread.run_sync(self._process, job_id, parsed)
@@ -266,12 +272,12 @@ class JobRunner:
             for attempt in range(UNAVAILABLE_RETRIES + 1):
                 try:
                     if job.kind == "reconstruct":
-                        opts = ReconOptions(p["model"], p["format"], p.get("slice"), p.get("pixel_spacing_mm"),
-                                            p.get("slice_thickness_mm"), p.get("contrast"))
-                        rendered = reconstruct(self.inference, parsed, opts, progress)
+                        recon = ReconOptions(p["model"], p["format"], p.get("slice"), p.get("pixel_spacing_mm"),
+                                             p.get("slice_thickness_mm"), p.get("contrast"))
+                        rendered = reconstruct(self.inference, parsed, recon, progress)
                     else:
-                        opts = SynthOptions(p["model"], p["format"], p["source"], p["target"], p.get("slice"))
-                        rendered = synthesize(self.inference, parsed, opts, progress)
+                        synth = SynthOptions(p["model"], p["format"], p["source"], p["target"], p.get("slice"))
+                        rendered = synthesize(self.inference, parsed, synth, progress)
                     break
                 except InferenceUnavailable:
                     if attempt == UNAVAILABLE_RETRIES:

@@ -28,7 +28,7 @@ class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "msg", "request_id", ...extra}``; exceptions as type + traceback lines."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+        out: dict[str, object] = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
         rid = getattr(record, "request_id", None) or request_id_var.get()
         if rid:

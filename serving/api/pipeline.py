@@ -37,7 +37,7 @@ class SynthOptions:
     slice_index: int | None = None
 
 
-def _recon_geometry(req: ReconInput, opts: ReconOptions, shape: tuple[int, int, int]):
+def _recon_geometry(req: ReconInput, opts: ReconOptions, shape: tuple[int, ...]):
     if req.geometry is not None and opts.pixel_spacing_mm is None and opts.slice_thickness_mm is None:
         return req.geometry
     s, rows, cols = shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import anyio
@@ -133,6 +134,7 @@ async def reconstruct_sync(request: Request, _: str = Depends(require_token), q:
 def _synth_setup(request: Request, q: SynthQuery) -> tuple[str, str | None]:
     target = check_contrast(q.target, "target")
     source = check_contrast(q.source, "source")
+    assert target is not None  # a required query parameter
     return target, source
 
 
@@ -156,9 +158,11 @@ def _synth_options(request: Request, q: SynthQuery, req, target: str, source: st
 async def _require_synth_model(request: Request, model: str | None, target: str, source: str | None) -> None:
     """404 naming ``target`` (or ``model`` when given) when the wanted direction has no model in Triton;
     nothing to check yet when neither the model nor the source contrast is known."""
-    if model is None and source is None:
-        return
-    name = model or synthesis_model_name(source, target)
+    if model is None:
+        if source is None:
+            return
+        model = synthesis_model_name(source, target)
+    name = model
     try:
         await anyio.to_thread.run_sync(request.app.state.inference.require_model, name)
     except UnknownModel:
@@ -198,7 +202,7 @@ async def _receive_job(request: Request, kind: str, owner: str, params: dict, pa
     d = state.job_store.path(job.id)
     try:
         upload = await read_upload(request, d / "input")
-        job.input = {"files": [p.name for p in upload.files], "parts": sorted(upload.parts),
+        job.input = {"files": [p.name for p in upload.files if isinstance(p, Path)], "parts": sorted(upload.parts),
                      "content_type": upload.content_type, "related": upload.multipart_related,
                      "bytes": await anyio.to_thread.run_sync(upload.nbytes)}
         parsed = await anyio.to_thread.run_sync(lambda: parse(upload, d))

@@ -181,7 +181,7 @@ def build_derived_series(
     if len(description) > 1024:
         description = description[:1024]
     normal = geometry.normal
-    source_series = {}
+    source_series: dict[str, list[Dataset]] = {}
     for s in sources:
         source_series.setdefault(str(s.SeriesInstanceUID), []).append(s)
 

@@ -44,7 +44,7 @@ from pydicom.datadict import add_private_dict_entries
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 from mrcore.contract import ContractError, check_kspace, check_mask, check_mask_shape, kspace_layout
 from mrcore.data.base import CONTRASTS
@@ -240,7 +240,7 @@ def encode_kspace(
             block.add_new(0x0D, "LO", contrast)
         block.add_new(0x0E, "CS", "ROW" if phase_encoding_axis == -2 else "COL")
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = RAW_DATA_STORAGE
+        meta.MediaStorageSOPClassUID = UID(RAW_DATA_STORAGE)
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -441,7 +441,7 @@ def decode_kspace(datasets: Sequence[Dataset] | Dataset) -> KSpaceVolume:
     items = [datasets] if isinstance(datasets, Dataset) else list(datasets)
     if not items:
         raise DicomInputError("no Raw Data instances given", kind="missing")
-    unique = {}
+    unique: dict[str, Dataset] = {}
     for ds in items:
         unique.setdefault(str(ds.get("SOPInstanceUID", id(ds))), ds)
     parts = sorted((_decode_one(ds) for ds in unique.values()), key=lambda p: p.first)

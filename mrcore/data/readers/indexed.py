@@ -83,7 +83,14 @@ class FileEntry(Protocol):
     def num_slices(self) -> int: ...
 
 
-E = TypeVar("E")
+class _Entry(Protocol):
+    """What every entry of an :class:`IndexedSource` has."""
+
+    @property
+    def subject(self) -> str: ...
+
+
+E = TypeVar("E", bound=_Entry)
 F = TypeVar("F", bound=FileEntry)
 
 
