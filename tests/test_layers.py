@@ -178,7 +178,21 @@ def test_installed_package_runs_without_the_repository(tmp_path):
     where = run(str(py), "-c", "import serving, training; print(serving.__file__); print(training.__file__)")
     assert where.returncode == 0, where.stderr[-3000:]
     assert str(ROOT) not in where.stdout and site in where.stdout, where.stdout
-    assert run(str(py), "-c", "import benchmarks").returncode != 0  # the repository is not on the path
+    assert run(str(py), "-c", "import benchmarks.common").returncode != 0  # the repository is not on the path
+    # every installed module imports (what a command needs only when it runs, not for --help, is caught here)
+    walk = ("import importlib, pkgutil, sys\nbad = []\n"
+            "for pkg in ('mrcore', 'training', 'serving', 'dicom_node'):\n"
+            "    mod = importlib.import_module(pkg)\n"
+            "    for info in pkgutil.walk_packages(mod.__path__, pkg + '.'):\n"
+            f"        if info.name.endswith('__main__') or info.name in {NOT_IMPORTABLE_ALONE!r}:\n"
+            "            continue\n"
+            "        try:\n            importlib.import_module(info.name)\n"
+            "        except Exception as exc:\n            bad.append(f'{info.name}: {exc!r}')\n"
+            "from training.export.triton_repo import RUNNER\n"
+            "if not RUNNER.is_file():\n    bad.append(f'the python backend runner {RUNNER} is not installed')\n"
+            "print('\\n'.join(bad)); sys.exit(1 if bad else 0)\n")
+    imported = run(str(py), "-c", walk)
+    assert imported.returncode == 0, imported.stdout[-4000:] + imported.stderr[-3000:]
     for cli, args, expected in (("mri-train", ("evaluate-recon", "--help"), "--model"),
                                 ("mri-api", ("--help",), "serve"),
                                 ("dicom-node", ("--help",), "wrap-kspace")):
