@@ -21,15 +21,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 
 from dicom_node.audit import audit, uid_hash
-from dicom_node.config import NodeConfig
 from dicom_node.delivery import send_files
 from dicom_node.processing import Processor, is_retryable, make_processor, new_series_uid
 from dicom_node.queue import Job, JobQueue, write_durable
 from dicom_node.scp import StorageSCP
+
+if TYPE_CHECKING:
+    from dicom_node.config import NodeConfig
 
 __all__ = ["DicomNode"]
 

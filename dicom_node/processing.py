@@ -21,15 +21,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_node.config import Route
 from serving.client import TritonClient
 from serving.dicom import build_derived_series, decode_kspace, read_series
+
+if TYPE_CHECKING:
+    from dicom_node.config import Route
 
 __all__ = ["InferenceBackend", "InferenceProcessor", "ProcessResult", "Processor", "TransientError",
            "is_retryable", "make_processor"]

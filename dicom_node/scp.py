@@ -31,7 +31,7 @@ import copy
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
@@ -52,7 +52,6 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.audit import uid_hash
-from dicom_node.config import NodeConfig, Route
 from dicom_node.queue import JobQueue, write_durable
 from serving.dicom import (
     ENHANCED_MR_IMAGE_STORAGE,
@@ -63,6 +62,9 @@ from serving.dicom import (
     check_kspace_instance,
 )
 from serving.dicom.series import guess_contrast
+
+if TYPE_CHECKING:
+    from dicom_node.config import NodeConfig, Route
 
 __all__ = ["SOP_CLASSES", "StorageSCP", "image_transfer_syntaxes"]
 

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SOURCES = ("mrcore", "training", "serving", "dicom_node", "benchmarks", "tests")
-#: `# noqa: CODE[, CODE]` followed by words: the codes alone do not say why
+#: a noqa comment names its codes and then says why: the codes alone do not
 NOQA_WITH_REASON = re.compile(r"#\s*noqa:\s*[A-Z]+[0-9]+\b(?:\s*,\s*[A-Z]+[0-9]+\b)*\s*[-(:–]?\s*\w")
 BLIND_EXCEPT = re.compile(r"^\s*except\s*(\(?[^)]*\b(Exception|BaseException)\b[^)]*\)?)?\s*(as\s+\w+)?\s*:")
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from mrcore.data.base import SliceSource
+if TYPE_CHECKING:
+    from mrcore.data.base import SliceSource
 
 SOURCE_KINDS = ("phantom", "nifti", "fastmri", "mrd")
 

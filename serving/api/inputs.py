@@ -28,6 +28,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import nibabel as nib
@@ -40,10 +41,12 @@ from mrcore.contrast import contrast_from_header, contrast_of_acquisition
 from mrcore.data.base import CONTRASTS
 from mrcore.data.readers.mrd import read_header
 from serving.api.errors import ApiError
-from serving.api.settings import LimitSettings
 from serving.dicom import DicomInputError, SeriesGeometry, SeriesVolume, decode_kspace, load_datasets, read_series
 from serving.dicom.kspace_files import read_kspace_file
 from serving.dicom.series import guess_contrast
+
+if TYPE_CHECKING:
+    from serving.api.settings import LimitSettings
 
 __all__ = ["ReconInput", "SynthInput", "Upload", "check_contrast", "detect_recon_format", "detect_synth_format",
            "parse_recon", "parse_synth"]

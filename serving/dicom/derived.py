@@ -26,6 +26,7 @@ import datetime as _dt
 import io
 import zipfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataelem import DataElement
@@ -33,8 +34,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-from serving.dicom.geometry import SeriesGeometry
 from serving.dicom.series import ENHANCED_MR_IMAGE_STORAGE, MR_IMAGE_STORAGE, geometry_of
+
+if TYPE_CHECKING:
+    from serving.dicom.geometry import SeriesGeometry
 
 __all__ = ["UINT16_MAX", "build_derived_series", "dataset_bytes", "datasets_zip", "intensity_mapping",
            "real_world_values"]

@@ -8,7 +8,10 @@ keyword or private-block field) and what was expected.
 
 from __future__ import annotations
 
-from mrcore.contract import ContractError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mrcore.contract import ContractError
 
 __all__ = ["DicomInputError"]
 
