@@ -28,8 +28,9 @@ import pydicom
 from dicom_node.audit import audit, uid_hash
 from dicom_node.delivery import send_files
 from dicom_node.processing import Processor, is_retryable, make_processor, new_series_uid
-from dicom_node.queue import Job, JobQueue, write_durable
+from dicom_node.queue import Job, JobQueue
 from dicom_node.scp import StorageSCP
+from mrcore.durable import write_durable
 
 if TYPE_CHECKING:
     from dicom_node.config import NodeConfig

@@ -52,7 +52,7 @@ from pynetdicom import AE, build_context, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.audit import uid_hash
-from dicom_node.queue import JobQueue, write_durable
+from mrcore.durable import write_durable
 from serving.dicom import (
     ENHANCED_MR_IMAGE_STORAGE,
     MR_IMAGE_STORAGE,
@@ -65,6 +65,7 @@ from serving.dicom.series import guess_contrast
 
 if TYPE_CHECKING:
     from dicom_node.config import NodeConfig, Route
+    from dicom_node.queue import JobQueue
 
 __all__ = ["SOP_CLASSES", "StorageSCP", "image_transfer_syntaxes"]
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 import anyio
 
+from mrcore.durable import write_json_durable
 from serving.api.errors import ApiError
 from serving.api.inputs import Upload, parse_recon, parse_synth
 from serving.api.outputs import write_result
@@ -102,10 +102,7 @@ class JobStore:
         return job
 
     def save(self, job: Job) -> None:
-        d = self.path(job.id)
-        tmp = d / f".state.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-        tmp.write_text(json.dumps(asdict(job)))
-        tmp.replace(d / "state.json")
+        write_json_durable(self.path(job.id) / "state.json", asdict(job))
 
     def load(self, job_id: str) -> Job | None:
         try:

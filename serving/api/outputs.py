@@ -28,6 +28,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from mrcore.durable import write_durable
 from serving.api.dicom_adapter import new_mr_series
 from serving.api.errors import ApiError
 from serving.api.geometry import affine_from_geometry, geometry_from_affine
@@ -144,9 +145,8 @@ def render(fmt: str, volume: np.ndarray, meta: OutputMeta, *, slice_index: int |
 
 
 def write_result(rendered: Rendered, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(rendered.body)
-    tmp.replace(path)
+    """A job's answer, written crash-safely (the job store survives restarts)."""
+    write_durable(path, rendered.body)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import yaml
 from flwr.app import MetricRecord
 from flwr.serverapp import Grid
 
+from mrcore.durable import append_durable, write_durable, write_json_durable
 from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
 from training.federation.family import Arrays
 from training.federation.records import from_record, load_arrays, save_arrays, to_record
@@ -36,13 +37,7 @@ def _truncate_metrics(run_dir: Path, last_round: int) -> None:
     rows = [r for r in read_metrics(run_dir) if r["round"] <= last_round]
     path = Path(run_dir) / "metrics.jsonl"
     if path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+        write_durable(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 #: keys that may change between an interrupted run and its resumption
@@ -94,7 +89,7 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
     total_rounds = int(run_cfg["federation"]["rounds"])
     run_dir.mkdir(parents=True, exist_ok=True)
     check_same_run(run_dir, run_cfg)
-    (run_dir / "config.yaml").write_text(text)
+    write_durable(run_dir / "config.yaml", text)
 
     arrays = family.initial_arrays()
     offset = 0
@@ -131,9 +126,8 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
             "heldout": heldout,
         }
         t_round[0] = now
-        with open(run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        _write_json(checkpoint_path(run_dir, g, ".json"), row)
+        append_durable(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
+        write_json_durable(checkpoint_path(run_dir, g, ".json"), row, indent=1)
         if progress is not None:
             progress(g, row)
         return MetricRecord({k: float(v) for k, v in heldout.items()}) if heldout else None

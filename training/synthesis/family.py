@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from mrcore.config import ConfigError
 from mrcore.data.base import SliceSource
+from mrcore.durable import append_durable
 from training.federation.config import torch_device
 from training.federation.family import Arrays, Family, SiteUpdate
 from training.models.synthesis import CycleGenerators, PatchDiscriminator, SynthesisExport, build_synthesis_generator
@@ -49,10 +49,7 @@ def read_ledger(state_dir: Path) -> list[dict]:
 
 
 def _append_ledger(state_dir: Path, entry: dict) -> None:
-    with open(Path(state_dir) / LEDGER, "a") as fh:
-        fh.write(json.dumps(entry) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_durable(Path(state_dir) / LEDGER, json.dumps(entry) + "\n")
 
 
 class SynthesisFamily(Family):
