@@ -22,6 +22,7 @@ from dicom_node.config import ConfigError, load_config
 from dicom_node.node import DicomNode
 from dicom_node.queue import STATES, JobQueue
 from serving.dicom import encode_kspace, read_kspace_file
+from serving.logs import LOG_FORMATS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DICOM node of the MRI service: storage SCP, durable job queue, derived-series delivery.")
@@ -55,8 +56,12 @@ def serve(
         None, help="MODULE:CALLABLE returning a processor (default: the Triton client). For custom pipelines "
                    "and tests."),
     log_level: str = typer.Option("INFO", help="Logging level."),
+    log_format: str = typer.Option("text", help="Log lines as 'text' or 'json' (one object per line)."),
 ) -> None:
     """Run the node until SIGTERM / Ctrl-C (listener, assembler, processing and delivery workers)."""
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"expected one of {', '.join(LOG_FORMATS)}, got {log_format!r}",
+                                 param_hint="--log-format")
     raw = _load(config)
     overrides: dict[str, Any] = {}
     if host or port is not None:
@@ -66,7 +71,7 @@ def serve(
     if inference_url:
         overrides["inference"] = {"url": inference_url, "protocol": raw.inference_protocol}
     cfg = _load(config, **overrides) if overrides else raw
-    configure_logging(log_level, cfg.audit_log or cfg.storage_dir / "audit.log")
+    configure_logging(log_level, cfg.audit_log or cfg.storage_dir / "audit.log", log_format)
     node = DicomNode(cfg, processor_factory=_import_factory(processor) if processor else None)
     node.start()
     typer.echo(node.describe())

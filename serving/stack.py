@@ -21,6 +21,7 @@ from pathlib import Path
 
 import typer
 
+from serving.logs import configure_logging
 from serving.triton import TritonServer, TritonSettings, TritonStartError
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -78,7 +79,7 @@ def main(
     triton_backends: Path = typer.Option(None, help="Triton backend directory (with --triton-binary)."),
 ) -> None:
     """Start Triton, then the REST API and the DICOM node; print the endpoints; run until stopped."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("INFO", "text")
     settings = TritonSettings(repository=repository, host=host, http_port=triton_http_port, grpc_port=triton_grpc_port,
                               metrics_port=triton_metrics_port, model_config_name=None if gpu else "cpu",
                               binary=triton_binary, backend_directory=triton_backends)
