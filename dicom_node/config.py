@@ -1,5 +1,9 @@
 """Configuration of the DICOM node: one YAML (or TOML) file -> validated, frozen dataclasses.
 
+The file is read by the project's one config loader (:func:`mrcore.config.read_config_file`, YAML or TOML)
+and every mistake is its :class:`~mrcore.config.ConfigError`; this module adds the node's own checks (AE
+titles, ports, TLS files, routes and the destinations they name).
+
 Every error names the key path and what was expected, e.g.
 ``routes[1].task: expected 'reconstruction' or 'synthesis', got 'recon'``. See ``configs/dicom_node.yaml``
 for a commented example and ``docs/dicom_node.md`` for the meaning of each key.
@@ -10,24 +14,18 @@ from __future__ import annotations
 import fnmatch
 import re
 import ssl
-import tomllib
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mrcore.config import ConfigError, read_config_file
 from mrcore.data.base import CONTRASTS
 
 __all__ = ["ConfigError", "Destination", "NodeConfig", "Peer", "RetryPolicy", "Route", "TLSConfig", "load_config"]
 
 TASKS = ("reconstruction", "synthesis")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 characters
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and what was expected."""
 
 
 def _ae(path: str, value) -> str:
@@ -384,15 +382,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> No
     Relative paths inside (storage_dir, TLS files, audit_log) are relative to the current directory.
     ``overrides`` replace top-level keys (used by tests and ``serve --port``).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"configuration file {p} does not exist")
-    text = p.read_text()
-    try:
-        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
+    data = read_config_file(Path(path))
     data.update(overrides or {})
     return parse_config(data)
