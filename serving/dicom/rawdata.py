@@ -41,15 +41,24 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.datadict import add_private_dict_entries
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from mrcore.contract import ContractError, check_kspace, check_mask, check_mask_shape, kspace_layout
 from mrcore.data.base import CONTRASTS
 from serving.dicom.errors import DicomInputError
 from serving.dicom.geometry import SeriesGeometry
+from serving.dicom.modules import (
+    ds_str,
+    file_meta,
+    frame_of_reference,
+    general_equipment,
+    general_series,
+    patient_study,
+    sop_common,
+)
 
 __all__ = [
     "KSPACE_GROUP",
@@ -118,11 +127,6 @@ class KSpaceVolume:
 # --------------------------------------------------------------------------------------------------
 # encoding
 # --------------------------------------------------------------------------------------------------
-def _ds(x: float) -> str:
-    s = f"{float(x):.10g}"
-    return s if len(s) <= 16 else f"{float(x):.6g}"
-
-
 def encode_kspace(
     kspace: np.ndarray,
     mask: np.ndarray | None = None,
@@ -193,60 +197,60 @@ def encode_kspace(
     out = []
     for number, (a, b) in enumerate(ranges, start=1):
         ds = Dataset()
-        if template is not None:
-            for kw in ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
-                       "PatientSex", "PatientAge", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-                       "AccessionNumber", "StudyDescription", "PatientPosition"):
-                if kw in template:
-                    ds[kw] = template[kw]
-        for kw, default in (("PatientName", patient_name), ("PatientID", patient_id), ("PatientBirthDate", ""),
-                            ("PatientSex", ""), ("StudyDate", date), ("StudyTime", time),
-                            ("ReferringPhysicianName", ""), ("StudyID", ""), ("AccessionNumber", "")):
-            if kw not in ds:
-                setattr(ds, kw, default)
+        patient_study(ds, template, defaults={"PatientName": patient_name, "PatientID": patient_id,
+                                              "StudyDate": date, "StudyTime": time})
         ds.StudyInstanceUID = study_uid
-        ds.Modality = "MR"
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = int(series_number)
-        ds.SeriesDescription = series_description[:64]
-        ds.Laterality = ""
-        ds.FrameOfReferenceUID = for_uid
-        ds.PositionReferenceIndicator = ""
-        ds.Manufacturer = "mri-service wrap-kspace"
-        ds.AcquisitionContextSequence = DicomSequence()
-        ds.InstanceNumber = number
-        ds.ContentDate, ds.ContentTime = date, time
-        ds.CreatorVersionUID = CREATOR_VERSION_UID
-        ds.SOPClassUID = RAW_DATA_STORAGE
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(a), str(b)])
-        block = ds.private_block(KSPACE_GROUP, KSPACE_PRIVATE_CREATOR, create=True)
-        part = k[a:b]
-        block.add_new(0x01, "CS", LAYOUT_VERSION)
-        block.add_new(0x02, "UL", list(part.shape))
-        block.add_new(0x03, "CS", "COMPLEX64")
-        block.add_new(0x04, "OF", part.astype("<c8").tobytes())
-        if m is not None:
-            mp = m if m.ndim == 2 else m[a:b]
-            block.add_new(0x05, "UL", list(mp.shape))
-            block.add_new(0x06, "OF", mp.astype("<f4").tobytes())
-        block.add_new(0x07, "UL", [ny, nx])
-        block.add_new(0x08, "UL", [a, ns])
-        block.add_new(0x09, "DS", [_ds(v) for v in geometry.positions[a:b].reshape(-1)])
-        block.add_new(0x0A, "DS", [_ds(v) for v in geometry.orientation])
-        block.add_new(0x0B, "DS", [_ds(v) for v in geometry.pixel_spacing])
-        if geometry.slice_thickness:
-            block.add_new(0x0C, "DS", _ds(geometry.slice_thickness))
-        if contrast:
-            block.add_new(0x0D, "LO", contrast)
-        block.add_new(0x0E, "CS", "ROW" if phase_encoding_axis == -2 else "COL")
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(RAW_DATA_STORAGE)
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.file_meta = meta
+        general_series(ds, series_instance_uid=series_uid, series_number=series_number,
+                       description=series_description, source=template)
+        frame_of_reference(ds, for_uid)
+        general_equipment(ds, "mri-service wrap-kspace")
+        _raw_data_module(ds, number, date, time)
+        sop_common(ds, RAW_DATA_STORAGE, generate_uid(entropy_srcs=[series_uid, str(a), str(b)]))
+        _kspace_block(ds, k[a:b], None if m is None else (m if m.ndim == 2 else m[a:b]), first=a, total=ns,
+                      geometry=geometry, contrast=contrast, phase_encoding_axis=phase_encoding_axis)
+        file_meta(ds)
         out.append(ds)
     return out
+
+
+def _raw_data_module(ds: Dataset, number: int, date: str, time: str) -> None:
+    """Acquisition Context and Raw Data modules (the samples themselves are in the private block)."""
+    ds.AcquisitionContextSequence = DicomSequence()
+    ds.InstanceNumber = number
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.CreatorVersionUID = CREATOR_VERSION_UID
+
+
+def _kspace_block(ds: Dataset, part: np.ndarray, mask: np.ndarray | None, *, first: int, total: int,
+                  geometry: SeriesGeometry, contrast: str | None, phase_encoding_axis: int) -> None:
+    """The private block of one instance, every element written through :data:`_FIELDS` (its VR and offset).
+
+    part : complex64 [slices, coils, ky, kx] of this instance; mask : float32 [ky, kx] or [slices, ky, kx]
+    """
+    block = ds.private_block(KSPACE_GROUP, KSPACE_PRIVATE_CREATOR, create=True)
+
+    def put(name: str, value) -> None:
+        offset = _OFFSET[name]
+        block.add_new(offset, _FIELDS[offset][0], value)
+
+    s = slice(first, first + part.shape[0])
+    put("KSpaceLayoutVersion", LAYOUT_VERSION)
+    put("KSpaceShape", list(part.shape))
+    put("KSpaceSampleType", "COMPLEX64")
+    put("KSpaceData", part.astype("<c8").tobytes())
+    if mask is not None:
+        put("KSpaceMaskShape", list(mask.shape))
+        put("KSpaceMaskData", mask.astype("<f4").tobytes())
+    put("KSpaceReconMatrix", list(part.shape[-2:]))
+    put("KSpaceSliceRange", [first, total])
+    put("KSpaceSlicePositions", [ds_str(float(v)) for v in geometry.positions[s].reshape(-1)])
+    put("KSpaceImageOrientation", [ds_str(float(v)) for v in geometry.orientation])
+    put("KSpacePixelSpacing", [ds_str(float(v)) for v in geometry.pixel_spacing])
+    if geometry.slice_thickness:
+        put("KSpaceSliceThickness", ds_str(float(geometry.slice_thickness)))
+    if contrast:
+        put("KSpaceContrast", contrast)
+    put("KSpacePhaseEncodingAxis", "ROW" if phase_encoding_axis == -2 else "COL")
 
 
 # --------------------------------------------------------------------------------------------------
