@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -150,9 +151,15 @@ def test_every_module_imports_in_a_fresh_interpreter(package):
 def test_installed_package_runs_without_the_repository(tmp_path):
     """``pip install .`` into a fresh venv (the project's own files only; the dependencies are this
     environment's, on the path through a .pth file), then the CLIs from outside the repository."""
+    source = tmp_path / "source"  # a copy: setuptools writes build/ and *.egg-info next to the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for package in ("mrcore", "training", "serving", "dicom_node"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True, timeout=600,
+                            "-w", str(wheels), str(source)], capture_output=True, text=True, timeout=600,
                            cwd=tmp_path)
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next(wheels.glob("mri_service-*.whl"))
