@@ -13,12 +13,13 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 export RAY_USAGE_STATS_ENABLED = 0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: help venv system-deps test test-fast run preview data bench bench-gpu lock clean export example-data
+.PHONY: help venv system-deps test test-fast lint run preview data bench bench-gpu lock clean export example-data
 
 help:
 	@echo "make run          start Triton, the REST API (:8080) and the DICOM node (:11112) on the shipped models"
 	@echo "make example-data write the small example inputs of the README's curl/storescu examples to examples/"
-	@echo "make test         install everything needed and run the whole test suite"
+	@echo "make test         install everything needed and run the whole test suite (lint and types included)"
+	@echo "make lint         only ruff, mypy and the import layers (import-linter), as make test runs them"
 	@echo "make preview      write docs/img/data_preview.png (sites x contrasts, coils, k-space, mask)"
 	@echo "make data         generate (and cache) the embedded multi-site phantom data set"
 	@echo "make export       export the trained runs' generators to ONNX into model_repository/ (parity-checked)"
@@ -56,6 +57,12 @@ test: venv system-deps
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow and not e2e"
+
+# The same checks tests/test_lint.py and tests/test_layers.py run inside make test, for a quick look.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 preview: venv
 	$(PY) -m training.data_cli preview --out docs/img/data_preview.png

@@ -30,15 +30,16 @@ import typer
 import yaml
 
 from benchmarks.common import free_port, markdown_table, time_call, write_report
+from mrcore.data.phantom import PhantomConfig, PhantomSource
+from mrcore.masks import make_mask
+from serving.client import TritonClient
+from serving.triton import TritonServer, TritonSettings
 
 app = typer.Typer(add_completion=False, help=__doc__)
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _phantom_kspace(slices: int, matrix: int, coils: int, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    from mrcore.data.phantom import PhantomConfig, PhantomSource
-    from mrcore.masks import make_mask
-
     src = PhantomSource(PhantomConfig(seed=0, subjects_per_site=1, slices_per_subject=slices,
                                       matrix=(matrix, matrix), cache_dir=cache_dir))
     mask = make_mask("equispaced", (matrix, matrix), 4.0, 0.08, seed=0)
@@ -67,8 +68,6 @@ def _orthanc_instances(http_port: int) -> int:
 def measure(triton_url: str, *, slices: int = 32, matrix: int = 128, coils: int = 8, quiet_seconds: float = 2.0,
             cache_dir: Path = Path(".cache/mrdata"), repeats: int = 3, workdir: Path | None = None) -> dict:
     """One run: returns the timings in seconds (see the module docstring)."""
-    from serving.client import TritonClient
-
     kspace, mask = _phantom_kspace(slices, matrix, coils, cache_dir)
     with TritonClient(triton_url) as client:
         t_infer, _ = time_call(lambda: client.reconstruct(kspace, mask), repeats)
@@ -140,8 +139,6 @@ def main(
     """Measure one 32-slice series end to end and write the table."""
     server = None
     if not triton_url:
-        from serving.triton import TritonServer, TritonSettings
-
         server = TritonServer(TritonSettings(repository=ROOT / "model_repository", http_port=free_port(),
                                              grpc_port=free_port(), metrics_port=free_port()))
         server.start()

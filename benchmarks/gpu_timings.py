@@ -29,6 +29,10 @@ import torch
 import typer
 
 from benchmarks.common import family_from_card, markdown_table, time_call, write_report
+from mrcore.masks import make_mask
+from training.federation.registry import family_from_config
+from training.federation.runconfig import load_run_config
+from training.recon.export import ReconForServing
 
 app = typer.Typer(add_completion=False, help=__doc__)
 SYNTH_CONFIG = Path("configs/synthesis.yaml")
@@ -41,17 +45,12 @@ def _sync(device: torch.device) -> None:
 
 def _recon_model(repo: Path, fft_backend: str) -> torch.nn.Module:
     """The shipped reconstruction network's architecture (its model card's family) wrapped as served."""
-    from training.recon.export import ReconForServing
-
     family = family_from_card(repo, "recon_unrolled")
     return ReconForServing(family.new_generator(fft_backend=fft_backend), require_matmul=False).eval()
 
 
 def _synth_family(*overrides: str):
     """The family of the default synthesis run (``configs/synthesis.yaml`` with ``overrides``)."""
-    from training.federation.registry import family_from_config
-    from training.federation.runconfig import load_run_config
-
     return family_from_config(load_run_config(SYNTH_CONFIG, overrides))
 
 
@@ -61,8 +60,6 @@ def _synth_model() -> torch.nn.Module:
 
 
 def _inference_rows(repo: Path, devices: list[torch.device], repeats: int) -> list[list]:
-    from mrcore.masks import make_mask
-
     rng = np.random.default_rng(0)
     mask = torch.from_numpy(make_mask("equispaced", (256, 256), 4.0, 0.08, seed=0).astype(np.float32))
 
@@ -83,7 +80,7 @@ def _inference_rows(repo: Path, devices: list[torch.device], repeats: int) -> li
                 model = build().to(device)
                 args = [a.to(device).contiguous() for a in inputs(batch)]
 
-                def call() -> None:
+                def call(model=model, args=args, device=device) -> None:  # bound now: time_call runs it in this loop
                     with torch.inference_mode():
                         model(*args)
                     _sync(device)

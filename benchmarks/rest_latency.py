@@ -24,10 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import typer
 
 from benchmarks.common import free_port, markdown_table, time_call, write_report
+from mrcore.data.phantom import PhantomConfig, PhantomSource
+from mrcore.masks import make_mask
+from serving.client import TritonClient
+from serving.triton import TritonServer, TritonSettings
+from training.export.onnx_io import ort_session, relative_error
 
 app = typer.Typer(add_completion=False, help=__doc__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,9 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def volume(slices: int, coils: int, matrix: int, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(undersampled kspace complex64 [S, C, ky, kx], mask float32 [ky, kx]) from the embedded phantom."""
-    from mrcore.data.phantom import PhantomConfig, PhantomSource
-    from mrcore.masks import make_mask
-
     src = PhantomSource(PhantomConfig(seed=0, sites=("hospital-a",), subjects_per_site=1, slices_per_subject=slices,
                                       matrix=(matrix, matrix), cache_dir=cache_dir))
     site = src.sites[0]
@@ -50,8 +53,6 @@ class _Api:
     """``python -m serving.api serve`` in a subprocess."""
 
     def __init__(self, triton_url: str, workdir: Path, token: str) -> None:
-        import httpx
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MRI_API_TOKENS": token}
@@ -87,12 +88,6 @@ def main(
     cache_dir: Path = typer.Option(Path(".cache/mrdata"), help="Phantom cache directory."),
 ) -> None:
     """Median seconds per volume: in-process ONNX Runtime, Triton client, REST API; and the REST / ORT ratio."""
-    import httpx
-
-    from serving.client import TritonClient
-    from serving.triton import TritonServer, TritonSettings
-    from training.export.onnx_io import ort_session, relative_error
-
     repo = ROOT / "model_repository"
     kspace, mask = volume(slices, coils, matrix, cache_dir)
     feed_k = np.stack([kspace.real, kspace.imag], -1).astype(np.float32)
@@ -105,7 +100,7 @@ def main(
 
     t_ort, all_ort = time_call(in_process, repeats)
     ref = in_process()
-    del session
+    session = None  # free the in-process session before the servers start
 
     body = io.BytesIO()
     np.save(body, kspace)

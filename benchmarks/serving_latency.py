@@ -23,6 +23,11 @@ from mrcore.coils import estimate_coil_maps
 from mrcore.cs import l1_wavelet_recon
 from mrcore.data.phantom import PhantomConfig, PhantomSource
 from mrcore.masks import make_mask
+from serving.client import TritonClient
+from serving.triton import TritonServer, TritonSettings
+from training.export.onnx_io import export_onnx, ort_session, relative_error
+from training.export.run import load_run  # noqa: F401  (quiets the exporter's logging)
+from training.recon.export import ReconForServing, servable_models
 
 app = typer.Typer(add_completion=False, help=__doc__)
 MODEL = "recon_unrolled"
@@ -45,12 +50,6 @@ def main(
     dft_op: bool = typer.Option(True, help="Also export and time the ONNX DFT-operator variant (25 s export)."),
 ) -> None:
     """Measure and write the table."""
-    from serving.client import TritonClient
-    from serving.triton import TritonServer, TritonSettings
-    from training.export.onnx_io import export_onnx, ort_session, relative_error
-    from training.export.run import load_run  # noqa: F401  (quiets the exporter's logging)
-    from training.recon.export import ReconForServing, servable_models
-
     matrix, coils = 256, 8
     k, mask = _slices(matrix, coils, 8, cache_dir)
     feed8 = {"kspace": np.stack([k.real, k.imag], -1).astype(np.float32), "mask": np.broadcast_to(mask, k.shape[:1] + mask.shape).astype(np.float32)}
@@ -65,14 +64,14 @@ def main(
     for backend in ("torch", "matmul"):
         net = ReconForServing(family.generator_from(arrays, fft_backend=backend).eval(), require_matmul=False)
         with torch.no_grad():
-            t, _ = time_call(lambda: net(torch_in["kspace"], torch_in["mask"]), repeats)
+            t, _ = time_call(lambda: net(torch_in["kspace"], torch_in["mask"]), repeats)  # noqa: B023 - called at once, inside this iteration
         rows.append([f"PyTorch eager, {'torch.fft' if backend == 'torch' else 'in-graph DFT matrices'}", 1, t, t])
 
     onnx_path = repo / MODEL / "1" / "model.onnx"
     sess = ort_session(onnx_path)
     for feed in (feed1, feed8):
         b = feed["kspace"].shape[0]
-        t, _ = time_call(lambda: sess.run(["magnitude"], feed), repeats)
+        t, _ = time_call(lambda: sess.run(["magnitude"], feed), repeats)  # noqa: B023 - called at once, inside this iteration
         rows.append(["ONNX Runtime in process (shipped model.onnx, DFT matrices)", b, t, t / b])
     t_ort1 = rows[-2][3]
 
@@ -100,7 +99,7 @@ def main(
         for protocol, url in (("HTTP", server.http_url), ("gRPC", server.grpc_url)):
             with TritonClient(url, protocol.lower()) as client:
                 for n in (1, 8):
-                    t, _ = time_call(lambda: client.reconstruct(k[:n], mask), repeats)
+                    t, _ = time_call(lambda: client.reconstruct(k[:n], mask), repeats)  # noqa: B023 - called at once, inside this iteration
                     rows.append([f"Triton {protocol} (binary tensors), python backend + ONNX Runtime", n, t, t / n])
 
     t_esp, _ = time_call(lambda: estimate_coil_maps(k[0], crop=0.0), max(1, repeats - 1))

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sys
 import warnings
 from pathlib import Path
+
+import pydicom.config
+
+from serving.logs import configure_logging as configure_service_logging
 
 __all__ = ["audit", "configure_logging", "uid_hash"]
 
@@ -30,17 +33,10 @@ def audit(event: str, **fields) -> None:
     AUDIT.info("AUDIT %s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
 
 
-def configure_logging(level: str = "INFO", audit_file: Path | None = None) -> None:
-    """Node logging to stderr (and the audit lines also to ``audit_file``); quiet third-party loggers."""
-    import pydicom.config
-
-    root = logging.getLogger()
-    root.setLevel(level)
-    if not any(getattr(h, "_dicom_node", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        h._dicom_node = True
-        root.addHandler(h)
+def configure_logging(level: str = "INFO", audit_file: Path | None = None, fmt: str = "text") -> None:
+    """The services' logging (:func:`serving.logs.configure_logging`, ``fmt`` ``text`` or ``json``) to stderr,
+    the audit lines also to ``audit_file``; third-party loggers that could quote datasets are quieted."""
+    configure_service_logging(level, fmt)
     if audit_file is not None:
         audit_file.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(audit_file)

@@ -12,9 +12,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
+import pydicom
 import typer
+
+from dicom_node.audit import configure_logging, uid_hash
+from dicom_node.config import ConfigError, load_config
+from dicom_node.node import DicomNode
+from dicom_node.queue import STATES, JobQueue
+from serving.dicom import encode_kspace, read_kspace_file
+from serving.logs import LOG_FORMATS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DICOM node of the MRI service: storage SCP, durable job queue, derived-series delivery.")
@@ -23,8 +31,6 @@ _CONFIG = typer.Option(Path("configs/dicom_node.yaml"), "--config", "-c", help="
 
 
 def _load(config: Path, **overrides):
-    from dicom_node.config import ConfigError, load_config
-
     try:
         return load_config(config, {k: v for k, v in overrides.items() if v is not None})
     except ConfigError as e:
@@ -42,21 +48,22 @@ def _import_factory(spec: str):
 @app.command()
 def serve(
     config: Path = _CONFIG,
-    host: Optional[str] = typer.Option(None, help="Override listen.host."),
-    port: Optional[int] = typer.Option(None, help="Override listen.port."),
-    storage_dir: Optional[Path] = typer.Option(None, help="Override storage_dir (spool, results, queue)."),
-    inference_url: Optional[str] = typer.Option(None, help="Override inference.url (Triton host:port)."),
-    processor: Optional[str] = typer.Option(
+    host: str | None = typer.Option(None, help="Override listen.host."),
+    port: int | None = typer.Option(None, help="Override listen.port."),
+    storage_dir: Path | None = typer.Option(None, help="Override storage_dir (spool, results, queue)."),
+    inference_url: str | None = typer.Option(None, help="Override inference.url (Triton host:port)."),
+    processor: str | None = typer.Option(
         None, help="MODULE:CALLABLE returning a processor (default: the Triton client). For custom pipelines "
                    "and tests."),
     log_level: str = typer.Option("INFO", help="Logging level."),
+    log_format: str = typer.Option("text", help="Log lines as 'text' or 'json' (one object per line)."),
 ) -> None:
     """Run the node until SIGTERM / Ctrl-C (listener, assembler, processing and delivery workers)."""
-    from dicom_node.audit import configure_logging
-    from dicom_node.node import DicomNode
-
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(f"expected one of {', '.join(LOG_FORMATS)}, got {log_format!r}",
+                                 param_hint="--log-format")
     raw = _load(config)
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if host or port is not None:
         overrides["listen"] = {"host": host or raw.host, "port": raw.port if port is None else port}
     if storage_dir:
@@ -64,7 +71,7 @@ def serve(
     if inference_url:
         overrides["inference"] = {"url": inference_url, "protocol": raw.inference_protocol}
     cfg = _load(config, **overrides) if overrides else raw
-    configure_logging(log_level, cfg.audit_log or cfg.storage_dir / "audit.log")
+    configure_logging(log_level, cfg.audit_log or cfg.storage_dir / "audit.log", log_format)
     node = DicomNode(cfg, processor_factory=_import_factory(processor) if processor else None)
     node.start()
     typer.echo(node.describe())
@@ -82,21 +89,18 @@ def _age(t: float | None) -> str:
 @app.command()
 def jobs(
     config: Path = _CONFIG,
-    state: Optional[str] = typer.Option(None, help="Only jobs in this state (receiving, complete, processing, "
+    state: str | None = typer.Option(None, help="Only jobs in this state (receiving, complete, processing, "
                                                    "delivering, done, failed)."),
     limit: int = typer.Option(50, help="Newest N jobs."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Table of jobs and their states (with per-destination delivery state and the last error)."""
-    from dicom_node.audit import uid_hash
-    from dicom_node.queue import STATES, JobQueue
-
     if state is not None and state not in STATES:
         raise typer.BadParameter(f"expected one of {', '.join(STATES)}", param_hint="--state")
     cfg = _load(config)
     q = JobQueue(cfg.db_path)
     try:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for j in q.jobs(state, limit):
             rows.append({"id": j.id, "route": j.route, "state": j.state, "series": uid_hash(j.series_uid),
                          "instances": j.num_instances, "attempts": j.attempts,
@@ -123,8 +127,6 @@ def jobs(
 @app.command()
 def retry(job: int = typer.Argument(..., help="Job id (see `jobs`)."), config: Path = _CONFIG) -> None:
     """Re-queue a failed job: failed deliveries are retried with the stored results, else processing."""
-    from dicom_node.queue import JobQueue
-
     cfg = _load(config)
     q = JobQueue(cfg.db_path)
     try:
@@ -143,24 +145,20 @@ def wrap_kspace(
                                  help=".npy complex (S, C, ky, kx) or (C, ky, kx), .npz (kspace, mask), fastMRI .h5, "
                                       "ISMRMRD .h5/.mrd"),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory for the DICOM files."),
-    mask: Optional[Path] = typer.Option(None, help=".npy mask float32 (ky, kx) or (S, ky, kx), 1 = sampled."),
-    acceleration: Optional[float] = typer.Option(None, help="Undersample fully sampled input with this factor."),
+    mask: Path | None = typer.Option(None, help=".npy mask float32 (ky, kx) or (S, ky, kx), 1 = sampled."),
+    acceleration: float | None = typer.Option(None, help="Undersample fully sampled input with this factor."),
     mask_kind: str = typer.Option("equispaced", help="equispaced | random | poisson (with --acceleration)."),
     center_fraction: float = typer.Option(0.08, help="Fully sampled centre fraction (with --acceleration)."),
     per_volume: bool = typer.Option(False, "--per-volume", help="One instance for the volume (default: per slice)."),
-    contrast: Optional[str] = typer.Option(None, help="T1w | T2w | PD | FLAIR (fallback for HDF5 files)."),
-    template: Optional[Path] = typer.Option(None, help="DICOM file whose patient and study are copied."),
-    patient_id: Optional[str] = typer.Option(None, help="PatientID without --template (default: generated)."),
+    contrast: str | None = typer.Option(None, help="T1w | T2w | PD | FLAIR (fallback for HDF5 files)."),
+    template: Path | None = typer.Option(None, help="DICOM file whose patient and study are copied."),
+    patient_id: str | None = typer.Option(None, help="PatientID without --template (default: generated)."),
     patient_name: str = typer.Option("", help="PatientName without --template."),
     series_description: str = typer.Option("undersampled k-space", help="SeriesDescription."),
     fov: tuple[float, float] = typer.Option((240.0, 240.0), help="Field of view (rows, cols) in mm."),
     slice_thickness: float = typer.Option(5.0, help="Slice thickness / spacing in mm."),
 ) -> None:
     """Wrap k-space into Raw Data Storage DICOM files (private block, see docs/dicom_node.md) for storescu."""
-    import pydicom
-
-    from serving.dicom import encode_kspace, read_kspace_file
-
     try:
         kf = read_kspace_file(input, mask=mask, contrast=contrast, acceleration=acceleration, mask_kind=mask_kind,
                               center_fraction=center_fraction)

@@ -1,5 +1,9 @@
 """Configuration of the DICOM node: one YAML (or TOML) file -> validated, frozen dataclasses.
 
+The file is read by the project's one config loader (:func:`mrcore.config.read_config_file`, YAML or TOML)
+and every mistake is its :class:`~mrcore.config.ConfigError`; this module adds the node's own checks (AE
+titles, ports, TLS files, routes and the destinations they name).
+
 Every error names the key path and what was expected, e.g.
 ``routes[1].task: expected 'reconstruction' or 'synthesis', got 'recon'``. See ``configs/dicom_node.yaml``
 for a commented example and ``docs/dicom_node.md`` for the meaning of each key.
@@ -9,23 +13,19 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import tomllib
+import ssl
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mrcore.config import ConfigError, read_config_file
 from mrcore.data.base import CONTRASTS
 
 __all__ = ["ConfigError", "Destination", "NodeConfig", "Peer", "RetryPolicy", "Route", "TLSConfig", "load_config"]
 
 TASKS = ("reconstruction", "synthesis")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 characters
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and what was expected."""
 
 
 def _ae(path: str, value) -> str:
@@ -51,7 +51,7 @@ def _port(path: str, value) -> int:
     return p
 
 
-def _mapping(path: str, value, allowed: set[str], required: set[str] = frozenset()) -> dict:
+def _mapping(path: str, value, allowed: set[str], required: AbstractSet[str] = frozenset()) -> dict:
     if value is None:
         value = {}
     if not isinstance(value, dict):
@@ -82,7 +82,7 @@ class TLSConfig:
     verify_server: bool = True
 
     @classmethod
-    def parse(cls, path: str, value, *, server: bool, base: Path) -> "TLSConfig | None":
+    def parse(cls, path: str, value, *, server: bool, base: Path) -> TLSConfig | None:
         if value in (None, False):
             return None
         keys = {"certificate", "private_key", "ca_certificates", "require_client_certificate", "verify_server"}
@@ -97,7 +97,7 @@ class TLSConfig:
                 files[k] = p
         if ("certificate" in files) != ("private_key" in files):
             raise ConfigError(f"{path}: certificate and private_key go together")
-        flags = {}
+        flags: dict[str, bool] = {}
         for k in ("require_client_certificate", "verify_server"):
             if k in v:
                 if not isinstance(v[k], bool):
@@ -105,12 +105,10 @@ class TLSConfig:
                 flags[k] = v[k]
         if flags.get("require_client_certificate") and "ca_certificates" not in files:
             raise ConfigError(f"{path}: require_client_certificate needs ca_certificates")
-        return cls(**files, **flags)
+        return cls(**files, **flags)  # type: ignore[arg-type]  # files: the Path fields, flags: the bool fields
 
     def server_context(self):
         """``ssl.SSLContext`` for the listener."""
-        import ssl
-
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(self.certificate), str(self.private_key))
@@ -121,8 +119,6 @@ class TLSConfig:
 
     def client_context(self):
         """``ssl.SSLContext`` for a destination."""
-        import ssl
-
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.ca_certificates:
@@ -227,7 +223,7 @@ class RetryPolicy:
         return float(min(self.base_seconds * 2 ** max(attempt - 1, 0), self.max_seconds))
 
     @classmethod
-    def parse(cls, path: str, value, default: "RetryPolicy") -> "RetryPolicy":
+    def parse(cls, path: str, value, default: RetryPolicy) -> RetryPolicy:
         v = _mapping(path, value, {"max_attempts", "retry_base_seconds", "retry_max_seconds", "workers"})
         return cls(
             max_attempts=_num(f"{path}.max_attempts", v.get("max_attempts", default.max_attempts), minimum=1,
@@ -386,15 +382,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> No
     Relative paths inside (storage_dir, TLS files, audit_log) are relative to the current directory.
     ``overrides`` replace top-level keys (used by tests and ``serve --port``).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"configuration file {p} does not exist")
-    text = p.read_text()
-    try:
-        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
+    data = read_config_file(Path(path))
     data.update(overrides or {})
     return parse_config(data)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from dicom_node.config import Destination
+if TYPE_CHECKING:
+    from dicom_node.config import Destination
 
 __all__ = ["DeliveryError", "send_files"]
 

@@ -21,24 +21,23 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 
 from dicom_node.audit import audit, uid_hash
-from dicom_node.config import NodeConfig
 from dicom_node.delivery import send_files
 from dicom_node.processing import Processor, is_retryable, make_processor, new_series_uid
-from dicom_node.queue import Job, JobQueue, write_durable
+from dicom_node.queue import Job, JobQueue
 from dicom_node.scp import StorageSCP
+from mrcore.durable import write_durable
+
+if TYPE_CHECKING:
+    from dicom_node.config import NodeConfig
 
 __all__ = ["DicomNode"]
 
 log = logging.getLogger("dicom_node")
-
-
-def _import_contrast_heuristics() -> None:
-    """Import the contrast heuristics (mrcore readers: seconds) before the first C-STORE needs them."""
-    import mrcore.data.readers.mrd  # noqa: F401
 
 
 class DicomNode:
@@ -80,8 +79,6 @@ class DicomNode:
             self._spawn(f"process-{i}", self._processing_loop)
         for i in range(self.config.delivery.workers):
             self._spawn(f"deliver-{i}", self._delivery_loop)
-        if any("contrast" in r.rules for r in self.config.routes):
-            self._spawn("warm-up", _import_contrast_heuristics)
         self.address = self.scp.start()
         return self.address
 
@@ -132,7 +129,7 @@ class DicomNode:
                 if time.time() - last_purge > 60:
                     last_purge = time.time()
                     self._purge()
-            except Exception:  # noqa: BLE001 - keep the loop alive, the error is logged
+            except Exception:  # keep the loop alive, the error is logged
                 log.exception("assembler loop error")
             self._stop.wait(self._poll)
 
@@ -217,7 +214,7 @@ class DicomNode:
                 continue
             try:
                 self._deliver(d)
-            except Exception:  # noqa: BLE001
+            except Exception:  # keep the delivery loop alive, the error is logged
                 log.exception("delivery loop error (job %d)", d.job_id)
             finally:
                 with self._busy_lock:
@@ -235,7 +232,7 @@ class DicomNode:
             if len(files) != job.result_count:
                 raise FileNotFoundError(f"results of job {job.id}: {len(files)} files, expected {job.result_count}")
             n = send_files(dest, files, calling_ae_title=self.config.ae_title, timeout=self.config.network_timeout)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - every failure of a delivery is recorded and retried
             msg = f"{e.__class__.__name__}: {e}"
             retry = attempt < policy.max_attempts and not isinstance(e, KeyError)
             state = self.queue.delivery_result(job.id, d.destination, ok=False, error=msg,

@@ -21,14 +21,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_node.config import Route
+from serving.client import TritonClient
 from serving.dicom import build_derived_series, decode_kspace, read_series
+
+if TYPE_CHECKING:
+    from dicom_node.config import Route
 
 __all__ = ["InferenceBackend", "InferenceProcessor", "ProcessResult", "Processor", "TransientError",
            "is_retryable", "make_processor"]
@@ -123,6 +126,7 @@ class InferenceProcessor:
             same_contrast = True
         else:
             sv = read_series(datasets)
+            assert route.source is not None and route.target is not None  # the config requires both for synthesis
             image = np.asarray(self.backend.synthesize(sv.volume, route.source, route.target), dtype=np.float32)
             if image.shape != sv.volume.shape:
                 raise ValueError(f"model {route.model_name} returned {image.shape}, expected {sv.volume.shape}")
@@ -140,8 +144,6 @@ class InferenceProcessor:
 
 def make_processor(url: str, protocol: str = "http") -> Processor:
     """The production processor around ``serving.client.TritonClient(url, protocol)``."""
-    from serving.client import TritonClient
-
     return InferenceProcessor(TritonClient(url=url, protocol=protocol))
 
 

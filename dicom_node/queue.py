@@ -19,7 +19,6 @@ Job states::
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -27,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Delivery", "Job", "JobQueue", "STATES", "write_durable"]
+__all__ = ["Delivery", "Job", "JobQueue", "STATES"]
 
 STATES = ("receiving", "complete", "processing", "delivering", "done", "failed")
 
@@ -77,45 +76,6 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (job_id, destination)
 );
 """
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dirs(directory: Path) -> None:
-    """``mkdir -p`` that also fsyncs the parent of every directory it creates (new entries are durable)."""
-    missing = []
-    d = directory
-    while not d.exists():
-        missing.append(d)
-        d = d.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue
-        _fsync_dir(d.parent)
-
-
-def write_durable(path: Path, data: bytes | Iterable[bytes]) -> None:
-    """Write ``data`` to ``path`` crash-safely: ``<path>.part``, fsync, rename, fsync the directory."""
-    _make_dirs(path.parent)
-    part = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-    with open(part, "wb") as f:
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            f.write(data)
-        else:
-            for chunk in data:
-                f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, path)
-    _fsync_dir(path.parent)
 
 
 @dataclass(frozen=True)

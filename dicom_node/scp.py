@@ -31,14 +31,16 @@ import copy
 import hashlib
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
+    JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLosslessSV1,
@@ -47,11 +49,10 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, build_context, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.audit import uid_hash
-from dicom_node.config import NodeConfig, Route
-from dicom_node.queue import JobQueue, write_durable
+from mrcore.durable import write_durable
 from serving.dicom import (
     ENHANCED_MR_IMAGE_STORAGE,
     MR_IMAGE_STORAGE,
@@ -62,6 +63,10 @@ from serving.dicom import (
 )
 from serving.dicom.series import guess_contrast
 
+if TYPE_CHECKING:
+    from dicom_node.config import NodeConfig, Route
+    from dicom_node.queue import JobQueue
+
 __all__ = ["SOP_CLASSES", "StorageSCP", "image_transfer_syntaxes"]
 
 log = logging.getLogger("dicom_node.scp")
@@ -71,7 +76,9 @@ SOP_CLASSES = {
     "reconstruction": (RAW_DATA_STORAGE,),
     "synthesis": (MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE),
 }
-_UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
+#: Verification SOP Class (pynetdicom builds its sop_class names at run time, out of a type checker's sight)
+VERIFICATION = UID("1.2.840.10008.1.1")
+_UNCOMPRESSED: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
 _COMPRESSED = [RLELossless, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, JPEGBaseline8Bit,
                JPEGLosslessSV1]
 
@@ -82,7 +89,7 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
-def image_transfer_syntaxes() -> list[str]:
+def image_transfer_syntaxes() -> list[str | UID]:
     """Little-endian uncompressed syntaxes plus every compressed one pydicom can decode here."""
     out = list(_UNCOMPRESSED)
     for uid in _COMPRESSED:
@@ -131,20 +138,22 @@ class StorageSCP:
         self._contexts = {RAW_DATA_STORAGE: build_context(RAW_DATA_STORAGE, _UNCOMPRESSED),
                           MR_IMAGE_STORAGE: build_context(MR_IMAGE_STORAGE, image_ts),
                           ENHANCED_MR_IMAGE_STORAGE: build_context(ENHANCED_MR_IMAGE_STORAGE, image_ts)}
-        self._verification = build_context(Verification, _UNCOMPRESSED[:2])
+        self._verification = build_context(VERIFICATION, _UNCOMPRESSED[:2])
         for cx in [self._verification, *self._contexts.values()]:
-            self.ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax)
-        self.server = None
+            self.ae.add_supported_context(str(cx.abstract_syntax), cx.transfer_syntax)
+        self.server: ThreadedAssociationServer | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> tuple[str, int]:
         """Start listening (non-blocking); returns the bound (host, port)."""
-        handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo),
+        handlers: list[Any] = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_C_STORE, self._on_store)]
         ssl_context = self.config.tls.server_context() if self.config.tls else None
-        self.server = self.ae.start_server((self.config.host, self.config.port), block=False,
-                                           evt_handlers=handlers, ssl_context=ssl_context)
-        return self.server.server_address[:2]
+        server = self.ae.start_server((self.config.host, self.config.port), block=False,
+                                      evt_handlers=handlers, ssl_context=ssl_context)
+        assert server is not None  # block=False returns the running server
+        self.server = server
+        return server.server_address[:2]
 
     def stop(self) -> None:
         if self.server is not None:

@@ -13,13 +13,13 @@ _KERNEL_WIDTH = 6  # SigPy's ESPIRiT kernel width
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
 
 
 def _check_float(name: str, value, low: float, high: float | None = None) -> float:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value) and value > low
+    ok = isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(float(value)) and float(value) > low
     if ok and high is not None:
         ok = value < high
     if not ok:
@@ -59,7 +59,7 @@ def simulate_coil_maps(shape: Sequence[int], num_coils: int, seed: int = 0, rela
     relative_radius = _check_float("relative_radius", relative_radius, 0.0)
     phase_order = _check_int("phase_order", phase_order, 0)
 
-    import sigpy.mri  # here, not at module level: sigpy imports torch (seconds), which serving never needs
+    import sigpy.mri  # deferred: sigpy imports numba and torch (~3 s), which serving never needs
 
     ny, nx = int(dims[0]), int(dims[1])
     maps = sigpy.mri.birdcage_maps((num_coils, ny, nx), r=relative_radius)
@@ -108,7 +108,7 @@ def estimate_coil_maps(kspace: np.ndarray, calib_width: int = 24, threshold: flo
     if isinstance(crop, bool) or not isinstance(crop, Real) or not 0 <= crop < 1:
         raise ValueError(f"crop must be a number in [0, 1), got {crop!r}")
     max_iter = _check_int("max_iter", max_iter, 1)
-    import sigpy.mri.app
+    import sigpy.mri.app  # deferred: sigpy imports numba and torch (~3 s), which serving never needs
 
     app = sigpy.mri.app.EspiritCalib(k.astype(np.complex64, copy=False), calib_width=calib_width, thresh=threshold,
                                      kernel_width=_KERNEL_WIDTH, crop=crop, max_iter=max_iter, show_pbar=False)

@@ -31,7 +31,7 @@ def _check_shape(shape) -> tuple[int, int]:
         dims = tuple(shape)
     except TypeError:
         raise ValueError(f"shape must be 2 positive ints (ky, kx), got {shape!r}") from None
-    if len(dims) != 2 or not all(isinstance(d, Integral) and not isinstance(d, bool) and d > 0 for d in dims):
+    if len(dims) != 2 or not all(isinstance(d, Integral) and not isinstance(d, bool) and int(d) > 0 for d in dims):
         raise ValueError(f"shape must be 2 positive ints (ky, kx), got {shape!r}")
     return int(dims[0]), int(dims[1])
 
@@ -39,7 +39,7 @@ def _check_shape(shape) -> tuple[int, int]:
 def _check_acceleration(acceleration) -> float:
     if isinstance(acceleration, bool) or not isinstance(acceleration, Real) or not math.isfinite(acceleration):
         raise ValueError(f"acceleration must be a finite number > 1, got {acceleration!r}")
-    if not acceleration > 1:
+    if not float(acceleration) > 1:
         raise ValueError(f"acceleration must be > 1, got {acceleration!r}")
     return float(acceleration)
 
@@ -204,7 +204,7 @@ class PoissonDiscMask:
                 f"acceleration {self.acceleration} is impossible for shape {dims}: the calibration box "
                 f"{self.calib} alone has {self.calib[0] * self.calib[1]} samples > {size / self.acceleration:.1f}"
             )
-        import sigpy.mri  # imported here: sigpy imports torch (seconds), which the serving side never needs
+        import sigpy.mri  # deferred: sigpy imports numba and torch (~3 s), which serving never needs
 
         for attempt in range(_POISSON_ATTEMPTS):
             sub_seed = int(np.random.SeedSequence((seed, attempt)).generate_state(1)[0])

@@ -13,7 +13,8 @@ sent in chunks of at most the model's ``max_batch_size`` slices.
 Errors: :class:`InferenceUnavailable` when Triton cannot be reached or the model is not ready (retry
 later); :class:`InferenceError` for a request Triton or the model rejects (do not retry);
 :class:`UnknownModel` (an InferenceError) for a model the repository does not hold. Input validation
-errors of this module are ``ValueError`` with the field, the expected and the received shape/dtype.
+errors are ``ValueError``: the k-space / mask contract's :class:`~mrcore.contract.ContractError` (the same verdict
+as REST and the DICOM node give), and the shape checks of ``synthesize``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import tritonclient.grpc
+import tritonclient.http
+from google.protobuf.json_format import MessageToDict
+from tritonclient.utils import InferenceServerException
 
+from mrcore.contract import check_kspace, check_mask, mask_per_slice
 from mrcore.masks import infer_mask
 
 log = logging.getLogger(__name__)
@@ -58,38 +64,12 @@ class ModelStatus:
     reason: str = ""
 
 
-def _as_kspace_volume(kspace: np.ndarray) -> np.ndarray:
-    k = np.asarray(kspace)
-    if not np.iscomplexobj(k):
-        raise ValueError(f"kspace must be complex64 [slices, coils, ky, kx] or [coils, ky, kx], got real {k.dtype} {k.shape}")
-    if k.ndim == 3:
-        k = k[None]
-    if k.ndim != 4 or 0 in k.shape:
-        raise ValueError(f"kspace must be complex [slices, coils, ky, kx] or [coils, ky, kx] with no empty axis, got shape {k.shape}")
-    if min(k.shape[-2:]) < 16:
-        raise ValueError(f"kspace matrix (ky, kx) must be at least 16x16, got {k.shape[-2]}x{k.shape[-1]}")
-    if not np.isfinite(k).all():
-        raise ValueError("kspace holds NaN or Inf values")
-    return k.astype(np.complex64, copy=False)
-
-
-def _as_mask(mask: np.ndarray | None, kspace: np.ndarray) -> np.ndarray:
-    """float32 [S, ky, kx] from a [ky, kx] or [S, ky, kx] mask (or inferred from the non-zero samples)."""
-    s, _, ky, kx = kspace.shape
+def _mask_volume(mask: np.ndarray | None, kspace: np.ndarray) -> np.ndarray:
+    """float32 [S, ky, kx] for ``kspace`` [S, C, ky, kx]: the checked mask (any shape the contract accepts)
+    repeated over slices, or, without one, the non-zero samples of each slice."""
     if mask is None:
         return np.stack([infer_mask(k) for k in kspace])
-    m = np.asarray(mask)
-    if m.ndim == 1 and m.shape[0] == ky:       # a line mask over ky
-        m = np.repeat(m[:, None], kx, axis=1)
-    if m.ndim == 2:
-        m = np.broadcast_to(m, (s, *m.shape))
-    if m.shape != (s, ky, kx):
-        raise ValueError(f"mask must be [ky, kx] = [{ky}, {kx}] or [slices, ky, kx] = [{s}, {ky}, {kx}], got {list(m.shape)}")
-    if not np.isfinite(m).all() or not np.isin(m, (0, 1)).all():
-        raise ValueError("mask must hold only 0 and 1")
-    if not m.any(axis=(1, 2)).all():
-        raise ValueError("mask samples nothing in at least one slice")
-    return np.ascontiguousarray(m, dtype=np.float32)
+    return mask_per_slice(check_mask(np.asarray(mask), kspace.shape), kspace.shape[0])
 
 
 class TritonClient:
@@ -106,11 +86,7 @@ class TritonClient:
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
         self.url, self.protocol, self.timeout_s = url, protocol, float(timeout_s)
-        if protocol == "http":
-            import tritonclient.http as tc
-        else:
-            import tritonclient.grpc as tc
-        self._tc = tc
+        self._tc = tritonclient.http if protocol == "http" else tritonclient.grpc
         self._local = threading.local()   # tritonclient's HTTP client must not cross threads (gevent)
         self._all: list = []
         self._lock = threading.Lock()
@@ -138,7 +114,7 @@ class TritonClient:
         for client in clients:
             try:
                 client.close()
-            except Exception:  # closing from another thread than the one that used it
+            except Exception:  # noqa: BLE001 - closing from another thread than the one that used it
                 pass
         self._local = threading.local()
 
@@ -151,8 +127,6 @@ class TritonClient:
     # -- health and models --------------------------------------------------------------------
     def _call(self, what: str, fn, *args, **kwargs):
         """Run a tritonclient call, mapping its failures to InferenceUnavailable / InferenceError."""
-        from tritonclient.utils import InferenceServerException
-
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
@@ -191,8 +165,6 @@ class TritonClient:
         meta = self._call(f"model {name!r}", self._client.get_model_metadata, name)
         cfg = self._call(f"model {name!r}", self._client.get_model_config, name)
         if self.protocol == "grpc":
-            from google.protobuf.json_format import MessageToDict
-
             meta, cfg = MessageToDict(meta, preserving_proto_field_name=True), MessageToDict(cfg.config, preserving_proto_field_name=True)
         return {"name": meta["name"], "versions": list(meta.get("versions", [])),
                 "inputs": meta.get("inputs", []), "outputs": meta.get("outputs", []),
@@ -241,7 +213,8 @@ class TritonClient:
         Parameters
         ----------
         kspace : complex64 [slices, coils, ky, kx] or [coils, ky, kx] (centred orthonormal FFT convention)
-        mask : float [ky, kx], [slices, ky, kx], a line mask [ky], or None (inferred: samples that are non-zero)
+        mask : 0/1 [ky, kx], [slices, ky, kx], a line mask [ky] (or [kx]), or None (inferred: samples that are
+            non-zero); both checked by :mod:`mrcore.contract` (ContractError, a ValueError)
         model : Triton model name
         complex_output : return the complex image instead of the magnitude
 
@@ -249,8 +222,8 @@ class TritonClient:
         -------
         float32 [slices, ky, kx] magnitude (or complex64 with ``complex_output``), in the input's scale.
         """
-        k = _as_kspace_volume(kspace)
-        m = _as_mask(mask, k)
+        k = check_kspace(np.asarray(kspace))
+        m = _mask_volume(mask, k)
         out = self.infer(model, {"kspace": np.stack([k.real, k.imag], axis=-1).astype(np.float32), "mask": m},
                          ["image" if complex_output else "magnitude"])
         if complex_output:

@@ -10,6 +10,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
 
 class RepositoryError(ValueError):
     """The model repository cannot be served; the message names the model and the cause."""
@@ -27,9 +31,6 @@ class ModelEntry:
 
 def parse_config(path: Path):
     """``config.pbtxt`` -> ``tritonclient.grpc.model_config_pb2.ModelConfig`` (RepositoryError when malformed)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
     try:
         return text_format.Parse(Path(path).read_text(), model_config_pb2.ModelConfig())
     except (text_format.ParseError, OSError) as exc:
@@ -38,13 +39,14 @@ def parse_config(path: Path):
 
 def _onnx_io(path: Path) -> tuple[dict[str, int], dict[str, int]]:
     """``({input: rank}, {output: rank})`` of an ONNX file, read without loading the weights' data."""
-    import onnx
-
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf decode errors have many types
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors have many types
         raise RepositoryError(f"{path}: not a readable ONNX model ({exc})") from None
-    rank = lambda v: len(v.type.tensor_type.shape.dim)  # noqa: E731
+
+    def rank(v) -> int:
+        return len(v.type.tensor_type.shape.dim)
+
     return {v.name: rank(v) for v in proto.graph.input}, {v.name: rank(v) for v in proto.graph.output}
 
 

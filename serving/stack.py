@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import typer
 
+from serving.logs import configure_logging
 from serving.triton import TritonServer, TritonSettings, TritonStartError
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -37,8 +39,6 @@ def api_token(path: Path) -> Path:
     Only used when neither ``MRI_API_TOKENS`` nor ``MRI_API_TOKENS_FILE`` is set: a local ``make run``
     then works without set-up, and the token never appears in logs.
     """
-    import secrets
-
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def main(
     triton_backends: Path = typer.Option(None, help="Triton backend directory (with --triton-binary)."),
 ) -> None:
     """Start Triton, then the REST API and the DICOM node; print the endpoints; run until stopped."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("INFO", "text")
     settings = TritonSettings(repository=repository, host=host, http_port=triton_http_port, grpc_port=triton_grpc_port,
                               metrics_port=triton_metrics_port, model_config_name=None if gpu else "cpu",
                               binary=triton_binary, backend_directory=triton_backends)
@@ -95,7 +95,7 @@ def main(
         env["MRI_API_TOKENS_FILE"] = str(api_token(token_file))
         token_note = f"bearer token in {token_file}: export MRI_API_TOKEN=$(cat {token_file})"
     children: dict[str, subprocess.Popen] = {}
-    stop = {"signal": None}
+    stop: dict[str, object] = {"signal": None}
 
     def handle(signum, _frame):
         stop["signal"] = signum

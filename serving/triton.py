@@ -29,6 +29,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytriton
+import tritonclient.http as httpclient
+
 from .repository import ModelEntry, check_repository
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,6 @@ class TritonSettings:
 
 def pytriton_dir() -> Path:
     """The ``pytriton/tritonserver`` directory of the installed wheel."""
-    import pytriton
-
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
 
 
@@ -97,8 +98,6 @@ def backend_directory(cache: Path | None = None) -> Path:
 def server_environment() -> dict[str, str]:
     """Environment of the server and its python stubs: the wheel's bundled libraries, this
     interpreter's libpython (not the system's) and this environment's site-packages (numpy, ONNX Runtime)."""
-    import pytriton
-
     env = dict(os.environ)
     libs = Path(pytriton.__file__).resolve().parents[1] / "nvidia_pytriton.libs"
     libdirs = [str(libs), sysconfig.get_config_var("LIBDIR") or ""]
@@ -198,21 +197,21 @@ class TritonServer:
                                             env=server_environment(), start_new_session=True)
         try:
             self._wait_ready()
-        except BaseException:
+        except BaseException:  # any failure, even Ctrl-C: stop the server process, re-raise
             self.stop()
             raise
         log.info("tritonserver ready: HTTP %s, gRPC %s, metrics %s", self.http_url, self.grpc_url, self.metrics_url)
         return self
 
     def _wait_ready(self) -> None:
-        import tritonclient.http as httpclient
-
         s = self.settings
         deadline = time.monotonic() + s.startup_timeout_s
         client = httpclient.InferenceServerClient(self.http_url, connection_timeout=2.0, network_timeout=5.0)
+        process = self.process
+        assert process is not None, "start() launches the process before it waits"
         try:
             while time.monotonic() < deadline:
-                code = self.process.poll()
+                code = process.poll()
                 if code is not None:
                     errors = load_errors(self.log_text())
                     cause = "; ".join(errors) if errors else self.log_text()[-2000:]
@@ -220,7 +219,7 @@ class TritonServer:
                 try:
                     if client.is_server_ready() and all(client.is_model_ready(m.name) for m in self.models):
                         return
-                except Exception:  # not listening yet
+                except Exception:  # noqa: BLE001 - not listening yet
                     pass
                 time.sleep(0.25)
         finally:

@@ -5,17 +5,17 @@ import os
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 
 
 # --- a real tritonserver serving the shipped model_repository (session-wide) -------------------------
-from pathlib import Path  # noqa: E402
+from pathlib import Path  # noqa: E402 - after torch's thread setting, as the section says
 
-import pytest  # noqa: E402
+import pytest  # noqa: E402 - likewise
 
-from benchmarks.common import free_port  # noqa: E402,F401  (tests import it from here)
+from benchmarks.common import free_port  # noqa: E402  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,13 +12,25 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
+import sys
 import time
 from pathlib import Path
 
 import typer
 import yaml
+from tqdm import tqdm
 
 from mrcore.config import ConfigError
+from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
+from training.federation.coordinator import RunMismatch, check_same_run
+from training.federation.family import StopRun
+from training.federation.records import load_arrays
+from training.federation.registry import family_from_config, family_from_yaml
+from training.federation.runconfig import load_run_config
+from training.plots import plot_curves
+from training.report import markdown_table, write_report
+from training.synthesis.pretrained import publish
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("mri-train")
@@ -28,8 +40,6 @@ SET_OPT = typer.Option([], "--set", "-s", help="Override a key: --set federation
 
 
 def _load(config: Path, overrides: list[str]) -> dict:
-    from training.federation.runconfig import load_run_config
-
     try:
         return load_run_config(config, overrides)
     except (ConfigError, ValueError) as exc:
@@ -49,22 +59,12 @@ def federated(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints in run_dir and start over."),
 ) -> None:
     """Train across the configured sites with Flower's simulation engine (resumes from the last checkpoint)."""
-    from tqdm import tqdm
-
-    from training.federation.coordinator import latest_checkpoint, read_metrics
-    from training.federation.family import StopRun
-    from training.federation.registry import family_from_config
-    from training.federation.simulation import simulate
-    from training.plots import plot_curves
+    from training.federation.simulation import simulate  # deferred: Ray + Flower simulation (~4 s), this command only
 
     run_cfg = _load(config, set_)
     run_dir = Path(run_cfg["run_dir"])
     if fresh and run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)
-    from training.federation.coordinator import RunMismatch, check_same_run
-
     try:
         check_same_run(run_dir, run_cfg)
     except RunMismatch as exc:
@@ -133,13 +133,7 @@ def evaluate_recon(
 ) -> None:
     """Seed-style tables: zero-filled, CS-wavelet and each trained model, on the held-out site (Scenario 1)
     and on every training site's validation subjects (Scenario 2); test data and masks from --config."""
-    import sys
-
-    from benchmarks.common import markdown_table, write_report
-    from training.federation.coordinator import checkpoint_path, latest_checkpoint
-    from training.federation.records import load_arrays
-    from training.federation.registry import family_from_config, family_from_yaml
-    from training.recon.evaluate import evaluate_split, tune_cs_lambda
+    from training.recon.evaluate import evaluate_split, tune_cs_lambda  # deferred: sigpy, skimage (~4 s)
 
     run_cfg = _load(config, set_)
     family = family_from_config(run_cfg)
@@ -195,8 +189,6 @@ def publish_init(
 ) -> None:
     """Publish a synthesis run's last generators as starting weights for other runs (``model.init_weights``),
     with their provenance: direction, architecture, the sites they were trained on, held-out metrics."""
-    from training.synthesis.pretrained import publish
-
     if out.suffix != ".npz":
         raise typer.BadParameter(f"must end in .npz, got {str(out)!r}", param_hint="OUT")
     try:
@@ -218,7 +210,7 @@ def export(
 ) -> None:
     """Export the runs' generators to ONNX (dynamo, DC in the graph), check ONNX Runtime against PyTorch
     (relative error <= 1e-5) and write them with Triton configs (GPU and CPU) and model cards."""
-    from training.export.run import export_run
+    from training.export.run import export_run  # deferred: onnx, onnxscript, both families (~2 s)
 
     for rd in run_dir:
         try:

@@ -15,6 +15,7 @@ import typer
 
 from mrcore.config import ConfigError, load_config
 from mrcore.data.sources import DataConfig, open_source
+from training.preview import write_preview
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("mri-data")
@@ -61,8 +62,6 @@ def preview(
     mask_kind: str = typer.Option("equispaced", help="equispaced | random | poisson"),
 ) -> None:
     """Write a PNG montage: sites x contrasts, coil images, k-space, mask, zero-filled and reference."""
-    from training.preview import write_preview
-
     source = open_source(_load(config, set_))
     try:
         path = write_preview(source, out, contrast=contrast, acceleration=acceleration, mask_kind=mask_kind)

@@ -12,14 +12,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from mrcore.data.base import CONTRASTS, SliceSource  # noqa: E402
-from mrcore.fft import ifft2c  # noqa: E402
-from mrcore.masks import make_mask  # noqa: E402
-from mrcore.sense import zero_filled  # noqa: E402
-from training.plots import save_figure  # noqa: E402
+from mrcore.data.base import CONTRASTS, SliceSource
+from mrcore.fft import ifft2c
+from mrcore.masks import make_mask
+from mrcore.sense import zero_filled
+from training.plots import save_figure
 
 
 def write_preview(

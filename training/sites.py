@@ -11,6 +11,7 @@ import torch
 
 from mrcore.data.base import SliceSource
 from mrcore.data.sources import DataConfig, open_source
+from mrcore.durable import durable_path
 
 
 def derive_seed(*parts: int) -> int:
@@ -44,10 +45,8 @@ def save_site_state(state_dir: Path, server_round: int, state: dict) -> None:
     """Write ``state_dir/state_round_NNN.pt`` atomically; older rounds' files are removed except the previous
     round's (a round re-run after an interruption starts from it)."""
     state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".state_round_{server_round:03d}.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(_state_path(state_dir, server_round))
+    with durable_path(_state_path(state_dir, server_round)) as tmp:
+        torch.save(state, tmp)
     for old in state_dir.glob("state_round_*.pt"):
         if int(old.stem.split("_")[-1]) < server_round - 1:
             old.unlink()

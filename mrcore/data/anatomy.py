@@ -97,7 +97,7 @@ def load_template() -> TissueTemplate:
     TissueTemplate
         Cached: later calls return the same object.
     """
-    from nilearn import datasets  # imported lazily: slow to import, unneeded when data is cached
+    from nilearn import datasets  # deferred: slow to import, unneeded when the data is cached
 
     gm_img = datasets.load_mni152_gm_template()
     affine = np.asarray(gm_img.affine, dtype=np.float64)
@@ -235,7 +235,7 @@ class SliceGrid:
     _cols: tuple[np.ndarray, np.ndarray]
 
     @classmethod
-    def axial(cls, matrix: tuple[int, int], fov_mm: tuple[float, float], z_mm) -> "SliceGrid":
+    def axial(cls, matrix: tuple[int, int], fov_mm: tuple[float, float], z_mm) -> SliceGrid:
         ny, nx = (int(v) for v in matrix)
         z = np.asarray(z_mm, dtype=np.float64).reshape(-1)
         ry, iy, wy = _axis_interp(ny, COARSE_STEP)

@@ -43,6 +43,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from tqdm import tqdm
 
 from mrcore.coils import simulate_coil_maps
@@ -61,6 +62,7 @@ from mrcore.data.kspace_sim import simulate_kspace, smooth_phase, truncate_resol
 from mrcore.data.signal import inversion_recovery, spin_echo
 from mrcore.data.sites import DEFAULT_SITE_NAMES, SITE_NAMES, SequenceParams, SiteProtocol, get_site
 from mrcore.data.tissues import TISSUES, tissue_arrays
+from mrcore.durable import durable_path
 from mrcore.fft import ifft2c
 
 #: Bump whenever the generator changes what it writes; old cache entries are then ignored.
@@ -216,8 +218,6 @@ def _signal(seq: SequenceParams, pd, t1, t2) -> np.ndarray:
 
 
 def _bias_coeffs(*entropy: int) -> np.ndarray:
-    from scipy import ndimage
-
     grid = np.random.default_rng(_seq(*entropy)).standard_normal((_BIAS_GRID,) * 3)
     return ndimage.spline_filter(grid, order=3, mode="nearest")
 
@@ -287,14 +287,6 @@ def _generate_site(config: PhantomConfig, site: str, out: np.ndarray, progress: 
 # --- cache -------------------------------------------------------------------------------------
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _host() -> str:
     return socket.gethostname().replace(".", "-") or "localhost"
 
@@ -323,13 +315,8 @@ def _reap_stale_tmp(path: Path) -> None:
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = _tmp_name(path)
-    try:
+    with durable_path(path, tmp=_tmp_name(path)) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class PhantomSource(SliceSource):
@@ -515,16 +502,11 @@ class PhantomSource(SliceSource):
         npy.parent.mkdir(parents=True, exist_ok=True)
         _reap_stale_tmp(npy)
         _reap_stale_tmp(sidecar)
-        tmp = _tmp_name(npy)
-        try:
+        with durable_path(npy, tmp=_tmp_name(npy)) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
             _generate_site(self.config, site, out, self._progress)
             out.flush()
             del out
-            _fsync(tmp)
-            os.replace(tmp, npy)
-        finally:
-            tmp.unlink(missing_ok=True)
         _write_json_atomic(sidecar, self._sidecar(site))
         return np.load(npy, mmap_mode="r")
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from mrcore.data.base import SliceSource
+if TYPE_CHECKING:
+    from mrcore.data.base import SliceSource
 
 SOURCE_KINDS = ("phantom", "nifti", "fastmri", "mrd")
 
@@ -43,8 +44,8 @@ class DataConfig:
 def open_source(cfg: DataConfig) -> SliceSource:
     """Build the :class:`SliceSource` described by ``cfg``."""
     if cfg.kind == "phantom":
-        from mrcore.data.phantom import PhantomConfig, PhantomSource
-        from mrcore.data.sites import DEFAULT_SITE_NAMES
+        from mrcore.data.phantom import PhantomConfig, PhantomSource  # deferred: each kind loads only its reader
+        from mrcore.data.sites import DEFAULT_SITE_NAMES  # deferred: with the phantom
 
         sites = tuple(cfg.sites) if cfg.sites else DEFAULT_SITE_NAMES
         return PhantomSource(
@@ -53,7 +54,7 @@ def open_source(cfg: DataConfig) -> SliceSource:
                 sites=sites,
                 subjects_per_site=cfg.subjects_per_site,
                 slices_per_subject=cfg.slices_per_subject,
-                matrix=tuple(cfg.matrix),
+                matrix=(int(cfg.matrix[0]), int(cfg.matrix[1])),
                 cache_dir=Path(cfg.cache_dir),
                 **cfg.extra,
             )
@@ -64,18 +65,20 @@ def open_source(cfg: DataConfig) -> SliceSource:
     if not root.exists():
         raise FileNotFoundError(f"data root {str(root)!r} does not exist")
     if cfg.kind == "nifti":
-        from mrcore.data.readers.nifti import NiftiSource
+        from mrcore.data.readers.nifti import NiftiSource  # deferred: nibabel, only for NIfTI data
 
-        kwargs = {"layout": cfg.layout, "matrix": tuple(cfg.matrix), **cfg.extra}
+        kwargs: dict[str, Any] = {"layout": cfg.layout, "matrix": tuple(cfg.matrix), **cfg.extra}
         if cfg.site is not None:
             kwargs["site"] = cfg.site
         return NiftiSource(root, **kwargs)
     if cfg.kind == "fastmri":
-        from mrcore.data.readers.fastmri import FastMRISource
+        from mrcore.data.readers.fastmri import FastMRISource  # deferred: h5py, only for fastMRI data
 
-        return FastMRISource(root, **({"site": cfg.site} if cfg.site else {}), **cfg.extra)
+        site: dict[str, Any] = {"site": cfg.site} if cfg.site else {}
+        return FastMRISource(root, **site, **cfg.extra)
     if cfg.kind == "mrd":
-        from mrcore.data.readers.mrd import MRDSource
+        from mrcore.data.readers.mrd import MRDSource  # deferred: ismrmrd, only for MRD data
 
-        return MRDSource(root, **({"site": cfg.site} if cfg.site else {}), **cfg.extra)
+        site = {"site": cfg.site} if cfg.site else {}
+        return MRDSource(root, **site, **cfg.extra)
     raise ValueError(f"unknown data source kind {cfg.kind!r}; expected one of {', '.join(SOURCE_KINDS)}")

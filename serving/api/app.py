@@ -28,12 +28,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from serving.api.errors import install_handlers
 from serving.api.inference import Inference
 from serving.api.jobs import JobRunner, JobStore
+from serving.api.logs import configure_logging
 from serving.api.metrics import Metrics
 from serving.api.middleware import RequestContext
+from serving.api.routes_inference import router as inference_router
+from serving.api.routes_ops import router as ops_router
 from serving.api.settings import ApiSettings
 
 __all__ = ["app_from_env", "create_app"]
@@ -84,15 +88,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.jobs = JobRunner(store, inference, settings)
 
     install_handlers(app)
-    from serving.api.routes_inference import router as inference_router
-    from serving.api.routes_ops import router as ops_router
-
     app.include_router(ops_router)
     app.include_router(inference_router)
 
     if settings.cors.allow_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors.allow_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
@@ -104,8 +103,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory``: ``MRI_API_CONFIG`` (optional YAML) + ``MRI_API_*`` variables."""
-    from serving.api.logs import configure_logging
-
     path = os.environ.get("MRI_API_CONFIG")
     settings = ApiSettings.load(Path(path) if path else None)
     configure_logging(settings.logging.level, settings.logging.format)

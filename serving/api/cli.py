@@ -16,8 +16,12 @@ import secrets
 from pathlib import Path
 
 import typer
+import uvicorn
 
+from serving.api.app import create_app
+from serving.api.logs import configure_logging
 from serving.api.settings import ApiSettings, ConfigError, token_digest
+from serving.triton import TritonServer, TritonSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("serving.api")
@@ -52,11 +56,6 @@ def serve(
     timeout_keep_alive: int = typer.Option(30, help="Seconds an idle keep-alive connection stays open."),
 ) -> None:
     """Run the API with uvicorn (one process: jobs run in it; see docs/api.md for HTTPS and deployment)."""
-    import uvicorn
-
-    from serving.api.app import create_app
-    from serving.api.logs import configure_logging
-
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("--ssl-certfile and --ssl-keyfile go together")
     for p in (ssl_certfile, ssl_keyfile):
@@ -64,8 +63,6 @@ def serve(
             raise typer.BadParameter(f"{p} does not exist")
     triton = None
     if start_triton:
-        from serving.triton import TritonServer, TritonSettings
-
         triton = TritonServer(TritonSettings(repository=model_repository, http_port=triton_port,
                                              grpc_port=triton_port + 1, metrics_port=triton_port + 2))
         set_ = [*set_, f"triton.model_repository={model_repository}"]
@@ -91,7 +88,9 @@ def serve(
 def examples(out: Path = typer.Option(Path("examples"), help="Directory for the example files."),
              cache_dir: Path = typer.Option(Path(".cache/mrdata"), help="Phantom cache directory.")) -> None:
     """Write the small example files of the curl examples (k-space .npy/.npz/fastMRI/MRD/DICOM, T1w DICOM, NIfTI)."""
-    from serving.api.examples import write_examples
+    from serving.api.examples import (
+        write_examples,  # deferred: the phantom, ismrmrd and nibabel (~1.5 s) serve only this command
+    )
 
     for name, path in write_examples(out, cache_dir=cache_dir).items():
         typer.echo(f"{name:<16} {path}")
@@ -108,8 +107,6 @@ def token() -> None:
 def openapi(out: Path | None = typer.Option(None, help="Write here instead of stdout."),
             config: Path | None = CONFIG_OPT) -> None:
     """The OpenAPI document (JSON) of the API."""
-    from serving.api.app import create_app
-
     settings = ApiSettings.load(config, ["auth.enabled=false"], environ={})
     spec = json.dumps(create_app(settings).openapi(), indent=2)
     if out is None:

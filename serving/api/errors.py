@@ -19,7 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mrcore.contract import ContractError
 from serving.api.logs import current_request_id
+from serving.client import InferenceError, InferenceUnavailable, UnknownModel
 
 log = logging.getLogger("serving.api")
 
@@ -47,8 +49,14 @@ class ApiError(Exception):
         self.headers = headers or {}
         self.code = code or _default_code(self.status)
 
+    @classmethod
+    def from_contract(cls, exc: ContractError) -> ApiError:
+        """The k-space / mask contract's refusal (:mod:`mrcore.contract`) as a 422: its field, expectation, what
+        came and its code (the one place the two are mapped)."""
+        return cls(422, str(exc), field=exc.field, expected=exc.expected, got=exc.got, code=exc.code)
+
     def body(self) -> dict:
-        out = {"error": self.error, "field": self.field, "expected": self.expected}
+        out: dict[str, object] = {"error": self.error, "field": self.field, "expected": self.expected}
         if self.got is not None:
             out["got"] = self.got
         out.update(status=self.status, code=self.code, request_id=current_request_id())
@@ -84,11 +92,13 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
 
 def install_handlers(app: FastAPI) -> None:
     """Map ApiError, request validation, HTTP errors and the client layer's errors to the JSON shape."""
-    from serving.client import InferenceError, InferenceUnavailable, UnknownModel
-
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return error_response(exc, request)
+
+    @app.exception_handler(ContractError)
+    async def _contract(request: Request, exc: ContractError):
+        return error_response(ApiError.from_contract(exc), request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

@@ -24,7 +24,17 @@ import io
 import zipfile
 from pathlib import Path
 
+import h5py
+import nibabel as nib
 import numpy as np
+import pydicom
+
+from mrcore.data.phantom import PhantomConfig, PhantomSource
+from mrcore.data.readers.mrd import write_mrd
+from mrcore.masks import make_mask
+from serving.api.dicom_adapter import new_mr_series
+from serving.api.geometry import affine_from_geometry
+from serving.dicom import SeriesGeometry, encode_kspace
 
 __all__ = ["write_examples"]
 
@@ -33,8 +43,6 @@ PATIENT_ID = "PHANTOM-0001"
 
 
 def _zip(datasets, path: Path, prefix: str) -> None:
-    import pydicom
-
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for i, ds in enumerate(datasets):
             buf = io.BytesIO()
@@ -45,16 +53,6 @@ def _zip(datasets, path: Path, prefix: str) -> None:
 def write_examples(out: Path, *, cache_dir: Path | None = Path(".cache/mrdata"), seed: int = 0,
                    job_slices: int = 24) -> dict[str, Path]:
     """Write the example files into ``out``; returns ``{name: path}``. Deterministic for a seed."""
-    import h5py
-    import nibabel as nib
-
-    from mrcore.data.phantom import PhantomConfig, PhantomSource
-    from mrcore.data.readers.mrd import write_mrd
-    from mrcore.masks import make_mask
-    from serving.api.dicom_adapter import new_mr_series
-    from serving.api.geometry import affine_from_geometry
-    from serving.dicom import SeriesGeometry, encode_kspace
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n_job = max(job_slices, 6)

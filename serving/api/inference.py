@@ -85,7 +85,7 @@ class Inference:
         for c in clients:
             try:
                 c.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing at shutdown; a connection already gone is fine
                 pass
 
     # -- models -----------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class Inference:
         missing = [m for m in required if m not in names]
         failed = [m["name"] for m in models if m["state"] != "READY"]
         ok = bool(server) and not missing and not failed
-        detail = {"triton": "ready" if server else "not ready", "models": models}
+        detail: dict[str, object] = {"triton": "ready" if server else "not ready", "models": models}
         if missing:
             detail["missing_models"] = missing
         if failed:
@@ -182,7 +182,7 @@ class Inference:
             k = kspace[start:stop]
             m = mask if mask is None or mask.ndim == 2 else mask[start:stop]
             with self.client() as c:
-                if takes_maps:
+                if takes_maps and maps is not None:
                     mp = maps if maps.ndim == 3 else maps[start:stop]
                     mp = np.broadcast_to(mp, k.shape)
                     mm = m if m is not None else np.stack([(x != 0).any(0) for x in k]).astype(np.float32)
@@ -190,10 +190,10 @@ class Inference:
                     feed = {"kspace": np.stack([k.real, k.imag], -1).astype(np.float32), "mask": mm,
                             "maps": np.stack([mp.real, mp.imag], -1).astype(np.float32)}
                     img = self._timed("reconstruction", model, stop - start,
-                                      lambda: c.infer(model, feed, ["magnitude"])["magnitude"])
+                                      lambda: c.infer(model, feed, ["magnitude"])["magnitude"])  # noqa: B023 - called at once, inside this iteration
                 else:
                     img = self._timed("reconstruction", model, stop - start,
-                                      lambda: c.reconstruct(k, m, model=model))
+                                      lambda: c.reconstruct(k, m, model=model))  # noqa: B023 - called at once, inside this iteration
             out.append(np.asarray(img, dtype=np.float32))
             if progress:
                 progress(stop)
@@ -209,7 +209,7 @@ class Inference:
             stop = min(s, start + self.chunk_slices)
             with self.client() as c:
                 img = self._timed("synthesis", model, stop - start,
-                                  lambda: c.synthesize(volume[start:stop], source, target, model=model))
+                                  lambda: c.synthesize(volume[start:stop], source, target, model=model))  # noqa: B023 - called at once, inside this iteration
             out.append(np.asarray(img, dtype=np.float32))
             if progress:
                 progress(stop)

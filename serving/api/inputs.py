@@ -28,12 +28,25 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import h5py
+import nibabel as nib
 import numpy as np
+from pydicom.dataset import Dataset
 
+from mrcore.contract import ContractError, check_mask, kspace_layout
+from mrcore.contract import check_kspace as contract_kspace
+from mrcore.contrast import contrast_from_header, contrast_of_acquisition
 from mrcore.data.base import CONTRASTS
+from mrcore.data.readers.mrd import read_header
 from serving.api.errors import ApiError
-from serving.api.settings import LimitSettings
+from serving.dicom import DicomInputError, SeriesGeometry, SeriesVolume, decode_kspace, load_datasets, read_series
+from serving.dicom.kspace_files import read_kspace_file
+from serving.dicom.series import guess_contrast
+
+if TYPE_CHECKING:
+    from serving.api.settings import LimitSettings
 
 __all__ = ["ReconInput", "SynthInput", "Upload", "check_contrast", "detect_recon_format", "detect_synth_format",
            "parse_recon", "parse_synth"]
@@ -44,7 +57,6 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _GZIP_MAGIC = b"\x1f\x8b"
-_KSPACE_EXPECTED = "complex64 [slices, coils, ky, kx] or [coils, ky, kx]"
 _ACCEPTED_RECON = ".npy, .npz, fastMRI HDF5, ISMRMRD/MRD HDF5, or DICOM Raw Data (zip or instances)"
 _ACCEPTED_SYNTH = "a DICOM MR series (zip, instances or multipart/related), NIfTI (.nii/.nii.gz) or .npy"
 
@@ -80,8 +92,8 @@ class ReconInput:
     maps: np.ndarray | None             # complex64 [C, ky, kx] or [S, C, ky, kx]
     input_format: str
     contrast: str | None = None
-    geometry: object | None = None      # serving.dicom.SeriesGeometry (DICOM Raw Data input, MRD field of view)
-    sources: list | None = None         # source Raw Data datasets (DICOM input)
+    geometry: SeriesGeometry | None = None  # DICOM Raw Data input
+    sources: list[Dataset] | None = None    # source Raw Data datasets (DICOM input)
     description: str | None = None      # series description hint (MRD protocol name)
     pixel_spacing: tuple[float, float] | None = None
 
@@ -93,8 +105,8 @@ class SynthInput:
     volume: np.ndarray                  # float32 [S, rows, cols]
     input_format: str
     source: str | None = None           # contrast found in the input (DICOM heuristics)
-    series: object | None = None        # serving.dicom.SeriesVolume (DICOM input)
-    nifti: object | None = None         # nibabel image (NIfTI input): affine and header kept for the answer
+    series: SeriesVolume | None = None  # DICOM input
+    nifti: nib.Nifti1Image | nib.Nifti2Image | None = None  # NIfTI input: affine and header kept for the answer
 
 
 def _head(data: bytes | Path, n: int) -> bytes:
@@ -139,8 +151,6 @@ def _is_npz(data: bytes | Path) -> bool:
 
 
 def _is_fastmri(data: bytes | Path) -> bool:
-    import h5py
-
     try:
         with h5py.File(io.BytesIO(data) if isinstance(data, bytes) else data, "r") as f:
             return isinstance(f.get("kspace"), h5py.Dataset)
@@ -260,7 +270,8 @@ def _load_npz(data: bytes | Path) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------------
 # checks
 # --------------------------------------------------------------------------------------------------
-def _check_limits_volume(s: int, rows: int, cols: int, limits: LimitSettings, sync: bool, field_name: str) -> None:
+def _check_limits_volume(s: int, rows: int, cols: int, limits: LimitSettings, sync: bool, field_name: str, *,
+                         minimum: int = 16) -> None:
     if s > limits.max_slices:
         raise ApiError(413, f"{field_name}: {s} slices exceed the limit of {limits.max_slices}", field=field_name,
                        expected=f"at most {limits.max_slices} slices", got=str(s), code="too_many_slices")
@@ -269,70 +280,21 @@ def _check_limits_volume(s: int, rows: int, cols: int, limits: LimitSettings, sy
                             f"({limits.sync_max_slices}); submit a job (POST /v1/jobs/...)", field=field_name,
                        expected=f"at most {limits.sync_max_slices} slices, or job mode", got=str(s),
                        code="too_many_slices")
-    if min(rows, cols) < 16 or max(rows, cols) > limits.max_matrix:
-        raise ApiError(422, f"{field_name}: matrix {rows}x{cols} is outside 16..{limits.max_matrix}", field=field_name,
-                       expected=f"rows and columns between 16 and {limits.max_matrix}", got=f"{rows}x{cols}",
-                       code="invalid_shape")
+    if min(rows, cols) < minimum or max(rows, cols) > limits.max_matrix:
+        raise ApiError(422, f"{field_name}: matrix {rows}x{cols} is outside {minimum}..{limits.max_matrix}",
+                       field=field_name, expected=f"rows and columns between {minimum} and {limits.max_matrix}",
+                       got=f"{rows}x{cols}", code="invalid_shape")
 
 
 def check_kspace(k: np.ndarray, limits: LimitSettings, *, sync: bool) -> np.ndarray:
-    """complex64 [S, C, ky, kx] from a [C, ky, kx] / [S, C, ky, kx] complex array, or ApiError."""
-    if not isinstance(k, np.ndarray) or k.dtype.kind != "c":
-        got = _fmt(k) if isinstance(k, np.ndarray) else type(k).__name__
-        hint = " (real/imaginary as a trailing axis is not accepted: send a complex array)" \
-            if isinstance(k, np.ndarray) and k.ndim and k.shape[-1] == 2 else ""
-        raise ApiError(422, f"kspace must be complex, got {got}{hint}", field="kspace", expected=_KSPACE_EXPECTED,
-                       got=got, code="invalid_dtype")
-    if k.ndim not in (3, 4):
-        raise ApiError(422, f"kspace must have rank 3 or 4, got rank {k.ndim}", field="kspace",
-                       expected=_KSPACE_EXPECTED, got=_fmt(k), code="invalid_rank")
-    if k.size == 0:
-        raise ApiError(422, "kspace has an empty axis", field="kspace", expected=_KSPACE_EXPECTED + " with no empty axis",
-                       got=_fmt(k), code="empty_array")
-    k4 = k if k.ndim == 4 else k[None]
-    s, c, ky, kx = k4.shape
-    _check_limits_volume(s, ky, kx, limits, sync, "kspace")
+    """complex64 [S, C, ky, kx] from a [C, ky, kx] / [S, C, ky, kx] complex array: the k-space contract
+    (:func:`mrcore.contract.check_kspace`) plus this server's limits; ContractError or ApiError."""
+    s, c, ky, kx = kspace_layout(k).shape
+    _check_limits_volume(s, ky, kx, limits, sync, "kspace", minimum=0)  # the contract's minimum comes next
     if c > limits.max_coils:
         raise ApiError(422, f"kspace has {c} coils, more than {limits.max_coils}", field="kspace",
                        expected=f"at most {limits.max_coils} coils", got=_fmt(k), code="invalid_shape")
-    k4 = k4.astype(np.complex64, copy=False)
-    finite = np.isfinite(k4)
-    if not finite.all():
-        raise ApiError(422, f"kspace holds {int(finite.size - finite.sum())} NaN/Inf values", field="kspace",
-                       expected="finite values", got=_fmt(k), code="not_finite")
-    if not np.any(k4):
-        raise ApiError(422, "kspace is all zeros", field="kspace", expected="sampled (non-zero) k-space lines",
-                       got=_fmt(k), code="invalid_input")
-    return np.ascontiguousarray(k4)
-
-
-def check_mask(m, kspace: np.ndarray) -> np.ndarray:
-    """float32 [ky, kx] or [S, ky, kx] (0/1) matching ``kspace`` [S, C, ky, kx]; 1-D masks of length ky are
-    line masks over rows (of length kx, when kx != ky, over columns)."""
-    s, _, ky, kx = kspace.shape
-    expected = f"0/1 mask [ky, kx] = [{ky}, {kx}], [slices, ky, kx] = [{s}, {ky}, {kx}], or lines [{ky}]"
-    if not isinstance(m, np.ndarray) or m.dtype.kind not in "biuf":
-        got = _fmt(m) if isinstance(m, np.ndarray) else type(m).__name__
-        raise ApiError(422, f"mask must be a real (0/1) array, got {got}", field="mask", expected=expected, got=got,
-                       code="invalid_dtype")
-    if m.size == 0:
-        raise ApiError(422, "mask is empty", field="mask", expected=expected, got=_fmt(m), code="empty_array")
-    if m.ndim == 1 and m.shape[0] == ky:
-        m = np.repeat(m[:, None], kx, axis=1)
-    elif m.ndim == 1 and m.shape[0] == kx:
-        m = np.repeat(m[None, :], ky, axis=0)
-    if m.shape not in ((ky, kx), (s, ky, kx)):
-        raise ApiError(422, f"mask shape {list(m.shape)} does not match kspace {list(kspace.shape)}", field="mask",
-                       expected=expected, got=_fmt(m), code="shape_mismatch")
-    m = m.astype(np.float32)
-    if not np.isfinite(m).all() or not np.isin(m, (0.0, 1.0)).all():
-        raise ApiError(422, "mask must hold only 0 and 1", field="mask", expected=expected, got=_fmt(m),
-                       code="invalid_values")
-    sampled = m.reshape(-1, ky * kx).any(axis=1)
-    if not sampled.all():
-        raise ApiError(422, "mask samples nothing (in at least one slice)", field="mask", expected=expected,
-                       got=_fmt(m), code="invalid_values")
-    return np.ascontiguousarray(m)
+    return contract_kspace(k)
 
 
 def check_maps(maps, kspace: np.ndarray) -> np.ndarray:
@@ -381,7 +343,16 @@ def check_images(x: np.ndarray, limits: LimitSettings, *, sync: bool, field_name
 # --------------------------------------------------------------------------------------------------
 def parse_recon(upload: Upload, declared: str | None, limits: LimitSettings, *, contrast: str | None = None,
                 sync: bool = True, scratch: Path | None = None) -> ReconInput:
-    """Validated k-space (+ mask, maps, geometry when the format has them) from a request body."""
+    """Validated k-space (+ mask, maps, geometry when the format has them) from a request body; a refusal of
+    the k-space / mask contract (:mod:`mrcore.contract`) becomes its 422 here, whatever the format."""
+    try:
+        return _parse_recon(upload, declared, limits, contrast=contrast, sync=sync, scratch=scratch)
+    except ContractError as exc:
+        raise ApiError.from_contract(exc) from None
+
+
+def _parse_recon(upload: Upload, declared: str | None, limits: LimitSettings, *, contrast: str | None,
+                 sync: bool, scratch: Path | None) -> ReconInput:
     fmt = detect_recon_format(upload, declared)
     if len(upload.files) > 1 and fmt != "dicom":
         raise ApiError(422, f"{len(upload.files)} files uploaded; {fmt} input is one file", field="file",
@@ -417,7 +388,7 @@ def parse_recon(upload: Upload, declared: str | None, limits: LimitSettings, *, 
                            expected="at most one set of maps", code="invalid_input")
         maps = _load_npy(upload.parts["maps"], "maps")
     if mask is not None:
-        mask = check_mask(np.asarray(mask), kspace)
+        mask = check_mask(np.asarray(mask), kspace.shape)
     if maps is not None:
         maps = check_maps(np.asarray(maps), kspace)
     return ReconInput(kspace, mask, maps, fmt, contrast, geometry, sources, description, spacing)
@@ -438,10 +409,6 @@ def _clean(msg: str, path: Path) -> str:
 
 def _read_hdf5(data: bytes | Path, fmt: str, contrast: str | None, scratch: Path | None):
     """(kspace, mask, contrast, description, pixel_spacing) of a fastMRI or MRD file (serving.dicom.kspace_files)."""
-    import h5py
-
-    from serving.dicom.kspace_files import read_kspace_file
-
     label = "fastMRI" if fmt == "fastmri" else "ISMRMRD/MRD"
     expected = ("fastMRI HDF5 with a complex 'kspace' dataset [slices, coils, ky, kx]" if fmt == "fastmri"
                 else "ISMRMRD/MRD HDF5 (Cartesian 2-D, XML header + acquisitions)")
@@ -453,8 +420,6 @@ def _read_hdf5(data: bytes | Path, fmt: str, contrast: str | None, scratch: Path
         found = description = spacing = None
         try:
             if fmt == "fastmri":
-                from mrcore.data.readers.fastmri import contrast_of_acquisition
-
                 with h5py.File(path, "r") as f:
                     if not isinstance(f.get("kspace"), h5py.Dataset):
                         raise ApiError(422, "the HDF5 file has no 'kspace' dataset", field="kspace",
@@ -465,7 +430,7 @@ def _read_hdf5(data: bytes | Path, fmt: str, contrast: str | None, scratch: Path
             else:
                 found, description, spacing = _mrd_facts(path)
             kf = read_kspace_file(path, contrast=found or contrast or "T2w")  # contrast only labels the file
-        except ApiError:
+        except (ApiError, ContractError):
             raise
         except Exception as exc:  # noqa: BLE001 - h5py/ismrmrd/xsdata raise many types on corrupt input
             raise ApiError(422, f"unreadable {label} file: {_clean(str(exc) or exc.__class__.__name__, path)}",
@@ -479,16 +444,7 @@ def _read_hdf5(data: bytes | Path, fmt: str, contrast: str | None, scratch: Path
 def _mrd_facts(path: Path) -> tuple[str | None, str | None, tuple[float, float] | None]:
     """(contrast from the header, protocol name, pixel spacing (row, col) mm of the recon space) of an MRD file.
     Patient/study fields of the header are never read."""
-    import ismrmrd
-    import ismrmrd.xsd
-
-    from mrcore.data.readers.mrd import contrast_from_header
-
-    ds = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False, mode="r")
-    try:
-        header = ismrmrd.xsd.CreateFromDocument(ds.read_xml_header())
-    finally:
-        ds.close()
+    header, _ = read_header(path)
     contrast = contrast_from_header(header)
     info = getattr(header, "measurementInformation", None)
     protocol = getattr(info, "protocolName", None) if info is not None else None
@@ -522,8 +478,6 @@ def _check_zip(data: bytes | Path, limits: LimitSettings) -> None:
 
 
 def _load_dicom(upload: Upload, limits: LimitSettings):
-    from serving.dicom import DicomInputError, load_datasets
-
     for f in upload.files:
         _check_zip(f, limits)
     try:
@@ -536,7 +490,10 @@ def _load_dicom(upload: Upload, limits: LimitSettings):
 
 def _dicom_error(exc, what: str = "an MR image series (MR / Enhanced MR Image Storage, grey-scale)") -> ApiError:
     """ApiError 422 of a DicomInputError; the message names the attribute (no patient values: the shared module's
-    messages carry keywords, shapes and UIDs)."""
+    messages carry keywords, shapes and UIDs). k-space or a mask that breaks the contract is answered as the same
+    arrays sent as .npy are."""
+    if exc.contract is not None:
+        return ApiError.from_contract(exc.contract)
     return ApiError(422, str(exc)[:500], field=exc.attribute or "body",
                     expected={"unreadable": "readable DICOM (Part 10 files, or a zip of them)",
                               "missing": f"the attribute to be present ({what})",
@@ -545,8 +502,6 @@ def _dicom_error(exc, what: str = "an MR image series (MR / Enhanced MR Image St
 
 
 def _read_dicom_kspace(upload: Upload, limits: LimitSettings):
-    from serving.dicom import DicomInputError, decode_kspace
-
     datasets = _load_dicom(upload, limits)
     try:
         return decode_kspace(datasets)
@@ -590,9 +545,6 @@ def parse_synth(upload: Upload, declared: str | None, limits: LimitSettings, *, 
         vol = data.astype(np.float32)  # dataobj applies scl_slope / scl_inter
         vol = check_images(np.ascontiguousarray(vol.transpose(2, 1, 0)), limits, sync=sync)
         return SynthInput(vol, "nifti", nifti=img)
-    from serving.dicom import DicomInputError, read_series
-    from serving.dicom.series import guess_contrast
-
     datasets = _load_dicom(upload, limits)
     try:
         series = read_series(datasets)
@@ -623,8 +575,6 @@ def _gunzip(data: bytes, cap: int) -> bytes:
 
 
 def _load_nifti(data: bytes | Path, limits: LimitSettings):
-    import nibabel as nib
-
     raw = data if isinstance(data, bytes) else Path(data).read_bytes()
     if raw[:2] == _GZIP_MAGIC:
         raw = _gunzip(raw, 4 * limits.max_job_body_bytes)

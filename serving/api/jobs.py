@@ -22,21 +22,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 
+from mrcore.durable import write_json_durable
 from serving.api.errors import ApiError
 from serving.api.inputs import Upload, parse_recon, parse_synth
 from serving.api.outputs import write_result
 from serving.api.pipeline import ReconOptions, SynthOptions, reconstruct, synthesize
-from serving.client import InferenceUnavailable
+from serving.client import InferenceError, InferenceUnavailable, UnknownModel
 
 log = logging.getLogger("serving.api.jobs")
 
@@ -66,7 +67,7 @@ class Job:
     error: dict | None = None
 
     def public(self) -> dict:
-        out = {"id": self.id, "kind": self.kind, "status": self.status, "created_at": _iso(self.created_at),
+        out: dict[str, Any] = {"id": self.id, "kind": self.kind, "status": self.status, "created_at": _iso(self.created_at),
                "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at),
                "slices_total": self.slices_total, "slices_done": self.slices_done, "params": self.params,
                "links": {"self": f"/v1/jobs/{self.id}"}}
@@ -101,10 +102,7 @@ class JobStore:
         return job
 
     def save(self, job: Job) -> None:
-        d = self.path(job.id)
-        tmp = d / f".state.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-        tmp.write_text(json.dumps(asdict(job)))
-        tmp.replace(d / "state.json")
+        write_json_durable(self.path(job.id) / "state.json", asdict(job))
 
     def load(self, job_id: str) -> Job | None:
         try:
@@ -124,7 +122,7 @@ class JobStore:
         return job
 
     def all(self) -> list[Job]:
-        jobs = []
+        jobs: list[Job] = []
         if not self.directory.is_dir():
             return jobs
         for d in sorted(self.directory.iterdir()):
@@ -176,6 +174,11 @@ class JobRunner:
         self._tasks: list[asyncio.Task] = []
         self._pending = 0
 
+    def _queue(self) -> asyncio.Queue:
+        if self.queue is None:
+            raise RuntimeError("JobRunner.start() has not run: no queue yet")
+        return self.queue
+
     async def start(self) -> None:
         self.queue = asyncio.Queue()
         self.store.directory.mkdir(parents=True, exist_ok=True)
@@ -202,7 +205,7 @@ class JobRunner:
         for t in self._tasks:
             try:
                 await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down: a worker's last error is moot
                 pass
         self._tasks = []
 
@@ -219,15 +222,15 @@ class JobRunner:
         job.slices_total = int((parsed.kspace if job.kind == "reconstruct" else parsed.volume).shape[0])
         self.store.save(job)
         self._pending += 1
-        self.queue.put_nowait((job.id, parsed))
+        self._queue().put_nowait((job.id, parsed))
 
     async def _worker(self, n: int) -> None:
         while True:
-            job_id, parsed = await self.queue.get()
+            job_id, parsed = await self._queue().get()
             self._pending = max(0, self._pending - 1)
             try:
                 await anyio.to_thread.run_sync(self._process, job_id, parsed)
-            except Exception:  # noqa: BLE001 - _process records failures; this is a last resort
+            except Exception:  # _process records failures; this is a last resort
                 log.exception("job worker error", extra={"job_id": job_id})
             finally:
                 parsed = None
@@ -266,12 +269,12 @@ class JobRunner:
             for attempt in range(UNAVAILABLE_RETRIES + 1):
                 try:
                     if job.kind == "reconstruct":
-                        opts = ReconOptions(p["model"], p["format"], p.get("slice"), p.get("pixel_spacing_mm"),
-                                            p.get("slice_thickness_mm"), p.get("contrast"))
-                        rendered = reconstruct(self.inference, parsed, opts, progress)
+                        recon = ReconOptions(p["model"], p["format"], p.get("slice"), p.get("pixel_spacing_mm"),
+                                             p.get("slice_thickness_mm"), p.get("contrast"))
+                        rendered = reconstruct(self.inference, parsed, recon, progress)
                     else:
-                        opts = SynthOptions(p["model"], p["format"], p["source"], p["target"], p.get("slice"))
-                        rendered = synthesize(self.inference, parsed, opts, progress)
+                        synth = SynthOptions(p["model"], p["format"], p["source"], p["target"], p.get("slice"))
+                        rendered = synthesize(self.inference, parsed, synth, progress)
                     break
                 except InferenceUnavailable:
                     if attempt == UNAVAILABLE_RETRIES:
@@ -290,9 +293,7 @@ class JobRunner:
         except InferenceUnavailable:
             self._fail(job, {"error": "the inference server stayed unavailable; resubmit later", "field": None,
                              "expected": None, "status": 503, "code": "inference_unavailable"})
-        except Exception as exc:  # noqa: BLE001 - any other failure is reported, not lost
-            from serving.client import InferenceError, UnknownModel
-
+        except Exception as exc:  # any other failure is reported in the job, not lost
             if isinstance(exc, UnknownModel):
                 err = {"error": f"unknown model: {exc}", "field": "model", "expected": "a model listed by "
                        "GET /v1/models", "status": 404, "code": "unknown_model"}

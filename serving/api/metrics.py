@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Metrics"]
 
@@ -32,8 +33,9 @@ class Metrics:
 
     def __init__(self, job_counts: Callable[[], dict[str, int]] | None = None) -> None:
         self._job_counts = job_counts or (lambda: {})
+        pc: Any
         try:
-            import prometheus_client as pc
+            import prometheus_client as pc  # deferred: optional at run time, /metrics falls back without it
         except ImportError:  # pragma: no cover - prometheus_client is a dependency; this is the fallback
             pc = None
         self._pc = pc

@@ -82,7 +82,7 @@ class RequestContext:
         except ApiError as exc:  # raised by receive_wrapper outside a route (e.g. while a form is parsed)
             if not st["started"]:
                 await self._error(send_wrapper, exc)
-        except Exception:  # noqa: BLE001 - last resort: never a stack trace to the client
+        except Exception:  # last resort: never a stack trace to the client
             log.exception("unhandled error", extra={"method": scope.get("method"), "route": _route(scope)})
             if not st["started"]:
                 await self._error(send_wrapper, ApiError(500, "internal error", code="internal_error"))

@@ -22,9 +22,17 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
 
+from mrcore.durable import write_durable
+from serving.api.dicom_adapter import new_mr_series
 from serving.api.errors import ApiError
+from serving.api.geometry import affine_from_geometry, geometry_from_affine
+from serving.dicom import SeriesGeometry, build_derived_series
 
 __all__ = ["OUTPUT_FORMATS", "OutputMeta", "Rendered", "negotiate", "render"]
 
@@ -79,10 +87,10 @@ class OutputMeta:
     version: str
     description: str
     contrast: str | None = None            # contrast of the output images
-    geometry: object | None = None         # SeriesGeometry
-    sources: list | None = None            # source datasets (derived series references them)
-    frames: list | None = None
-    nifti: object | None = None            # source NIfTI image (affine/header kept)
+    geometry: SeriesGeometry | None = None
+    sources: list[Dataset] | None = None   # source datasets (derived series references them)
+    frames: list[int] | None = None
+    nifti: nib.Nifti1Image | nib.Nifti2Image | None = None  # source NIfTI image (affine/header kept)
     headers: dict = field(default_factory=dict)
 
 
@@ -137,20 +145,15 @@ def render(fmt: str, volume: np.ndarray, meta: OutputMeta, *, slice_index: int |
 
 
 def write_result(rendered: Rendered, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(rendered.body)
-    tmp.replace(path)
+    """A job's answer, written crash-safely (the job store survives restarts)."""
+    write_durable(path, rendered.body)
 
 
 # --------------------------------------------------------------------------------------------------
 def _geometry(volume: np.ndarray, meta: OutputMeta):
-    from serving.dicom import SeriesGeometry
-
     if meta.geometry is not None:
         return meta.geometry
     if meta.nifti is not None:
-        from serving.api.geometry import geometry_from_affine
-
         try:
             return geometry_from_affine(meta.nifti.affine, volume.shape[0])
         except ValueError:
@@ -160,8 +163,6 @@ def _geometry(volume: np.ndarray, meta: OutputMeta):
 
 
 def _nifti(volume: np.ndarray, meta: OutputMeta) -> bytes:
-    import nibabel as nib
-
     data = np.ascontiguousarray(volume.transpose(2, 1, 0), dtype=np.float32)
     if meta.nifti is not None:
         header = meta.nifti.header.copy()
@@ -169,8 +170,6 @@ def _nifti(volume: np.ndarray, meta: OutputMeta) -> bytes:
         img = type(meta.nifti)(data, meta.nifti.affine, header)
         img.header.set_slope_inter(1.0, 0.0)
     else:
-        from serving.api.geometry import affine_from_geometry
-
         affine = affine_from_geometry(_geometry(volume, meta))
         img = nib.Nifti1Image(data, affine)
         img.header.set_xyzt_units("mm")
@@ -181,8 +180,6 @@ def _nifti(volume: np.ndarray, meta: OutputMeta) -> bytes:
 
 
 def _png(volume: np.ndarray, slice_index: int | None) -> bytes:
-    from PIL import Image
-
     s, rows, cols = volume.shape
     if slice_index is not None:
         if not 0 <= slice_index < s:
@@ -205,22 +202,16 @@ def _png(volume: np.ndarray, slice_index: int | None) -> bytes:
 
 
 def _dicom_series(volume: np.ndarray, meta: OutputMeta):
-    from serving.dicom import build_derived_series
-
     if meta.sources:
         return build_derived_series(meta.sources, volume, model_name=meta.model, model_version=meta.version,
                                     series_description=meta.description, geometry=meta.geometry,
                                     source_frames=meta.frames, same_contrast=meta.task == "reconstruction",
                                     series_number_offset=1000 if meta.task == "reconstruction" else 2000)
-    from serving.api.dicom_adapter import new_mr_series
-
     return new_mr_series(volume, _geometry(volume, meta), model_name=meta.model, model_version=meta.version,
                          series_description=meta.description, original=meta.task == "reconstruction")
 
 
 def _dcm_bytes(ds) -> bytes:
-    import pydicom
-
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     return buf.getvalue()

@@ -6,13 +6,17 @@ Both functions block (Triton calls); the routes and the job runner call them in 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from serving.api.errors import ApiError
-from serving.api.inference import Inference, Progress
-from serving.api.inputs import ReconInput, SynthInput
 from serving.api.outputs import OutputMeta, Rendered, render
+from serving.dicom import SeriesGeometry
+
+if TYPE_CHECKING:
+    from serving.api.inference import Inference, Progress
+    from serving.api.inputs import ReconInput, SynthInput
 
 __all__ = ["ReconOptions", "SynthOptions", "reconstruct", "synthesize"]
 
@@ -36,9 +40,7 @@ class SynthOptions:
     slice_index: int | None = None
 
 
-def _recon_geometry(req: ReconInput, opts: ReconOptions, shape: tuple[int, int, int]):
-    from serving.dicom import SeriesGeometry
-
+def _recon_geometry(req: ReconInput, opts: ReconOptions, shape: tuple[int, ...]):
     if req.geometry is not None and opts.pixel_spacing_mm is None and opts.slice_thickness_mm is None:
         return req.geometry
     s, rows, cols = shape

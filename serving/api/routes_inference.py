@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import anyio
@@ -17,7 +19,7 @@ from serving.api.outputs import Rendered, negotiate
 from serving.api.pipeline import ReconOptions, SynthOptions, reconstruct, synthesize
 from serving.api.schemas import UPLOAD_ERRORS, ErrorOut, JobList, JobOut, binary_responses, body_spec
 from serving.api.uploads import read_upload
-from serving.client import synthesis_model_name
+from serving.client import UnknownModel, synthesis_model_name
 
 __all__ = ["router"]
 
@@ -121,8 +123,8 @@ async def reconstruct_sync(request: Request, _: str = Depends(require_token), q:
     opts = _recon_options(q, fmt, model, contrast)
     await anyio.to_thread.run_sync(state.inference.require_model, model)
     upload = await read_upload(request)
-    req = await anyio.to_thread.run_sync(lambda: parse_recon(upload, q.input_format, state.settings.limits,
-                                                             contrast=contrast, sync=True))
+    req = await anyio.to_thread.run_sync(partial(parse_recon, upload, q.input_format, state.settings.limits,
+                                                 contrast=contrast, sync=True))
     del upload
     rendered = await anyio.to_thread.run_sync(lambda: reconstruct(state.inference, req, opts))
     return _response(rendered)
@@ -132,6 +134,7 @@ async def reconstruct_sync(request: Request, _: str = Depends(require_token), q:
 def _synth_setup(request: Request, q: SynthQuery) -> tuple[str, str | None]:
     target = check_contrast(q.target, "target")
     source = check_contrast(q.source, "source")
+    assert target is not None  # a required query parameter
     return target, source
 
 
@@ -155,11 +158,11 @@ def _synth_options(request: Request, q: SynthQuery, req, target: str, source: st
 async def _require_synth_model(request: Request, model: str | None, target: str, source: str | None) -> None:
     """404 naming ``target`` (or ``model`` when given) when the wanted direction has no model in Triton;
     nothing to check yet when neither the model nor the source contrast is known."""
-    if model is None and source is None:
-        return
-    from serving.client import UnknownModel
-
-    name = model or synthesis_model_name(source, target)
+    if model is None:
+        if source is None:
+            return
+        model = synthesis_model_name(source, target)
+    name = model
     try:
         await anyio.to_thread.run_sync(request.app.state.inference.require_model, name)
     except UnknownModel:
@@ -178,7 +181,7 @@ async def synthesize_sync(request: Request, _: str = Depends(require_token), q: 
     target, source = _synth_setup(request, q)
     await _require_synth_model(request, q.model, target, source)
     upload = await read_upload(request)
-    req = await anyio.to_thread.run_sync(lambda: parse_synth(upload, q.input_format, state.settings.limits, sync=True))
+    req = await anyio.to_thread.run_sync(partial(parse_synth, upload, q.input_format, state.settings.limits, sync=True))
     del upload
     opts = _synth_options(request, q, req, target, source)
     await _require_synth_model(request, q.model, target, opts.source)
@@ -199,12 +202,12 @@ async def _receive_job(request: Request, kind: str, owner: str, params: dict, pa
     d = state.job_store.path(job.id)
     try:
         upload = await read_upload(request, d / "input")
-        job.input = {"files": [p.name for p in upload.files], "parts": sorted(upload.parts),
+        job.input = {"files": [p.name for p in upload.files if isinstance(p, Path)], "parts": sorted(upload.parts),
                      "content_type": upload.content_type, "related": upload.multipart_related,
                      "bytes": await anyio.to_thread.run_sync(upload.nbytes)}
         parsed = await anyio.to_thread.run_sync(lambda: parse(upload, d))
         return job, parsed
-    except BaseException:
+    except BaseException:  # any failure, even cancellation: drop the half-made job, re-raise
         state.job_store.delete(job.id)
         raise
 
@@ -250,7 +253,7 @@ async def synthesize_job(request: Request, owner: str = Depends(require_token), 
     try:
         opts = _synth_options(request, q, parsed, target, source)
         await _require_synth_model(request, q.model, target, opts.source)
-    except BaseException:
+    except BaseException:  # any failure, even cancellation: drop the half-made job, re-raise
         state.job_store.delete(job.id)
         raise
     job.params = {"model": opts.model, "format": opts.format, "input_format": parsed.input_format,

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 from fastapi import Request
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from serving.api.errors import ApiError
 from serving.api.inputs import Upload
@@ -85,8 +86,6 @@ async def read_upload(request: Request, directory: Path | None = None) -> Upload
 
 
 async def _form(request: Request, directory: Path | None) -> Upload:
-    from starlette.requests import ClientDisconnect
-
     try:
         form = await request.form(max_files=10_000, max_fields=16)
     except (ApiError, ClientDisconnect):
@@ -114,14 +113,15 @@ async def _form(request: Request, directory: Path | None) -> Upload:
                 raise ApiError(422, f"form field '{k}' must be a file upload", field=k,
                                expected=f"curl -F {k}=@path", code="invalid_input")
         files: list[bytes | Path] = []
-        for i, f in enumerate(uploads):
+        for i, f in enumerate(u for u in uploads if isinstance(u, UploadFile)):  # all are, as checked above
             files.append(await _save(f, directory / f"file-{i}") if directory is not None else await f.read())
         parts: dict[str, bytes | Path] = {}
         for name in ("mask", "maps"):
-            v = next((v for k, v in items if k == name), None)
-            if v is not None:
-                parts[name] = await _save(v, directory / name) if directory is not None else await v.read()
+            part = next((v for k, v in items if k == name), None)
+            if isinstance(part, UploadFile):
+                parts[name] = await _save(part, directory / name) if directory is not None else await part.read()
         first = uploads[0]
+        assert isinstance(first, UploadFile)
         ct = (first.content_type or "").split(";")[0].strip().lower() or None
         return Upload(files, ct, filename=None, parts=parts, multipart_related=False)
     finally:

@@ -1,5 +1,6 @@
 """Shared DICOM layer of the REST API and the DICOM node (write once, import from both).
 
+* :mod:`serving.dicom.geometry`: :class:`SeriesGeometry`, the plane geometry every module below shares.
 * :mod:`serving.dicom.series`: MR series (datasets, files, directory, zip) -> sorted float32 volume + geometry.
 * :mod:`serving.dicom.derived`: float volume -> derived MR series (same patient/study, new UIDs, references).
 * :mod:`serving.dicom.rawdata`: undersampled k-space <-> Raw Data Storage instances (documented private block).
@@ -18,6 +19,7 @@ from serving.dicom.derived import (
     real_world_values,
 )
 from serving.dicom.errors import DicomInputError
+from serving.dicom.geometry import SeriesGeometry
 from serving.dicom.kspace_files import KSpaceFile, read_kspace_file
 from serving.dicom.rawdata import (
     KSPACE_GROUP,
@@ -33,7 +35,6 @@ from serving.dicom.series import (
     ENHANCED_MR_IMAGE_STORAGE,
     IMAGE_SOP_CLASSES,
     MR_IMAGE_STORAGE,
-    SeriesGeometry,
     SeriesVolume,
     check_image,
     geometry_of,

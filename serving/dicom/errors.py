@@ -8,6 +8,11 @@ keyword or private-block field) and what was expected.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mrcore.contract import ContractError
+
 __all__ = ["DicomInputError"]
 
 _KINDS = ("missing", "invalid", "mismatch", "unreadable", "unsupported")
@@ -26,11 +31,16 @@ class DicomInputError(ValueError):
         ``"missing"`` (required attribute absent), ``"invalid"`` (value wrong), ``"mismatch"``
         (instances of one series disagree, sizes do not match), ``"unreadable"`` (not parseable DICOM),
         ``"unsupported"`` (valid DICOM the service does not handle: SOP class, photometric interpretation...).
+    contract : ContractError, optional
+        The k-space / mask contract's verdict (:mod:`mrcore.contract`) when the DICOM carried k-space or a mask
+        that breaks it: REST answers it exactly as it answers the same array sent as ``.npy``.
     """
 
-    def __init__(self, message: str, *, attribute: str | None = None, kind: str = "invalid") -> None:
+    def __init__(self, message: str, *, attribute: str | None = None, kind: str = "invalid",
+                 contract: ContractError | None = None) -> None:
         if kind not in _KINDS:
             raise ValueError(f"DicomInputError kind must be one of {_KINDS}, got {kind!r}")
         super().__init__(message)
         self.attribute = attribute
         self.kind = kind
+        self.contract = contract

@@ -7,7 +7,8 @@ does not expose.
 
 Masks: an explicit ``mask`` wins; else ``.npz`` ``mask`` / fastMRI ``/mask`` / MRD sampled lines; else, with
 ``acceleration``, a mask from :func:`mrcore.masks.make_mask` is applied (retrospective undersampling of
-fully sampled data); else ``None`` (the receiver treats non-zero samples as sampled).
+fully sampled data); else ``None`` (the receiver treats non-zero samples as sampled). k-space and mask are
+checked by the one contract of :mod:`mrcore.contract` (``ContractError``, a ValueError, on refusal).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+from mrcore.contract import check_kspace, check_mask
+from mrcore.data.readers.fastmri import FastMRISource
+from mrcore.data.readers.mrd import MRDSource
+from mrcore.masks import make_mask  # imports sigpy (seconds): only when needed
 
 __all__ = ["KSpaceFile", "read_kspace_file"]
 
@@ -39,28 +45,16 @@ class KSpaceFile:
     phase_encoding_axis: int
 
 
-def _as_kspace(arr: np.ndarray, name: str) -> np.ndarray:
-    a = np.asarray(arr)
-    if a.ndim == 3:
-        a = a[None]
-    if a.ndim != 4 or not np.iscomplexobj(a):
-        raise ValueError(f"{name}: kspace must be complex [slices, coils, ky, kx] or [coils, ky, kx], got "
-                         f"{a.dtype} {np.shape(arr)}")
-    return a.astype(np.complex64)
-
-
 def _load_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if path.suffix == ".npy":
-        return _as_kspace(np.load(path, allow_pickle=False), str(path)), None
+        return np.load(path, allow_pickle=False), None
     with np.load(path, allow_pickle=False) as z:
         if "kspace" not in z:
             raise ValueError(f"{path}: no 'kspace' array (found {sorted(z.files)})")
-        return _as_kspace(z["kspace"], str(path)), (np.asarray(z["mask"], np.float32) if "mask" in z else None)
+        return z["kspace"], (z["mask"] if "mask" in z else None)
 
 
 def _load_fastmri(path: Path, contrast: str | None) -> tuple[np.ndarray, np.ndarray | None, str]:
-    from mrcore.data.readers.fastmri import FastMRISource
-
     src = FastMRISource(path, site="file", default_contrast=contrast)
     c = src.slice_contrast("file", 0)
     k = np.stack([src.kspace("file", i, c).kspace for i in range(src.num_slices("file"))])
@@ -74,8 +68,6 @@ def _load_fastmri(path: Path, contrast: str | None) -> tuple[np.ndarray, np.ndar
 
 
 def _load_mrd(path: Path, contrast: str | None) -> tuple[np.ndarray, np.ndarray, str]:
-    from mrcore.data.readers.mrd import MRDSource
-
     src = MRDSource(path, site="file", contrast=contrast)
     c = src.slice_contrast("file", 0)
     n = src.num_slices("file")
@@ -128,16 +120,12 @@ def read_kspace_file(
     else:
         raise ValueError(f"{p}: unsupported file (expected .npy, .npz, fastMRI .h5 or ISMRMRD .h5/.mrd)")
     if mask is not None:
-        m = np.load(mask, allow_pickle=False) if isinstance(mask, (str, Path)) else mask
-        file_mask = np.asarray(m, dtype=np.float32)
-    ns, _, ny, nx = k.shape
+        file_mask = np.load(mask, allow_pickle=False) if isinstance(mask, (str, Path)) else np.asarray(mask)
+    k = check_kspace(k)
+    _, _, ny, nx = k.shape
     if file_mask is None and acceleration is not None:
-        from mrcore.masks import make_mask  # imports sigpy (seconds): only when needed
-
         file_mask = make_mask(mask_kind, (ny, nx), float(acceleration), center_fraction, seed, axis=axis)
     if file_mask is not None:
-        if file_mask.shape not in ((ny, nx), (ns, ny, nx)):
-            raise ValueError(f"mask must be float32 [ky, kx] {(ny, nx)} or [slices, ky, kx] {(ns, ny, nx)}, got "
-                             f"{file_mask.dtype} {file_mask.shape}")
+        file_mask = check_mask(np.asarray(file_mask), k.shape)
         k = (k * (file_mask if file_mask.ndim == 2 else file_mask[:, None])).astype(np.complex64)
     return KSpaceFile(k, file_mask, found_contrast, axis)

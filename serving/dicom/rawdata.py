@@ -41,14 +41,24 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.datadict import add_private_dict_entries
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import generate_uid
 
+from mrcore.contract import ContractError, check_kspace, check_mask, check_mask_shape, kspace_layout
 from mrcore.data.base import CONTRASTS
 from serving.dicom.errors import DicomInputError
-from serving.dicom.series import SeriesGeometry
+from serving.dicom.geometry import SeriesGeometry
+from serving.dicom.modules import (
+    ds_str,
+    file_meta,
+    frame_of_reference,
+    general_equipment,
+    general_series,
+    patient_study,
+    sop_common,
+)
 
 __all__ = [
     "KSPACE_GROUP",
@@ -117,31 +127,6 @@ class KSpaceVolume:
 # --------------------------------------------------------------------------------------------------
 # encoding
 # --------------------------------------------------------------------------------------------------
-def _ds(x: float) -> str:
-    s = f"{float(x):.10g}"
-    return s if len(s) <= 16 else f"{float(x):.6g}"
-
-
-def _check_kspace(kspace, mask) -> tuple[np.ndarray, np.ndarray | None]:
-    k = np.asarray(kspace)
-    if k.ndim == 3:
-        k = k[None]
-    if k.ndim != 4 or not np.iscomplexobj(k) or min(k.shape) < 1:
-        raise ValueError(f"kspace must be complex64 [slices, coils, ky, kx] or [coils, ky, kx], got {k.dtype} "
-                         f"{np.shape(kspace)}")
-    if not np.all(np.isfinite(k)):
-        raise ValueError("kspace contains NaN/Inf values")
-    k = np.ascontiguousarray(k, dtype=np.complex64)
-    if mask is None:
-        return k, None
-    m = np.asarray(mask, dtype=np.float32)
-    ns, _, ny, nx = k.shape
-    if m.shape not in ((ny, nx), (ns, ny, nx)):
-        raise ValueError(f"mask must be float32 [ky, kx] {(ny, nx)} or [slices, ky, kx] {(ns, ny, nx)}, got "
-                         f"{m.dtype} {m.shape}")
-    return k, np.ascontiguousarray(m)
-
-
 def encode_kspace(
     kspace: np.ndarray,
     mask: np.ndarray | None = None,
@@ -185,7 +170,9 @@ def encode_kspace(
     -------
     list of pydicom.Dataset with ``file_meta`` (Explicit VR Little Endian), one per slice or one in all.
     """
-    k, m = _check_kspace(kspace, mask)
+    shape = kspace_layout(kspace).shape  # the mask is checked against the layout before the values
+    m = check_mask(np.asarray(mask), shape) if mask is not None else None
+    k = check_kspace(kspace)
     ns, nc, ny, nx = k.shape
     if contrast is not None and contrast not in CONTRASTS:
         raise ValueError(f"unknown contrast {contrast!r}; expected one of {', '.join(CONTRASTS)}")
@@ -210,60 +197,60 @@ def encode_kspace(
     out = []
     for number, (a, b) in enumerate(ranges, start=1):
         ds = Dataset()
-        if template is not None:
-            for kw in ("SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
-                       "PatientSex", "PatientAge", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-                       "AccessionNumber", "StudyDescription", "PatientPosition"):
-                if kw in template:
-                    ds[kw] = template[kw]
-        for kw, default in (("PatientName", patient_name), ("PatientID", patient_id), ("PatientBirthDate", ""),
-                            ("PatientSex", ""), ("StudyDate", date), ("StudyTime", time),
-                            ("ReferringPhysicianName", ""), ("StudyID", ""), ("AccessionNumber", "")):
-            if kw not in ds:
-                setattr(ds, kw, default)
+        patient_study(ds, template, defaults={"PatientName": patient_name, "PatientID": patient_id,
+                                              "StudyDate": date, "StudyTime": time})
         ds.StudyInstanceUID = study_uid
-        ds.Modality = "MR"
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = int(series_number)
-        ds.SeriesDescription = series_description[:64]
-        ds.Laterality = ""
-        ds.FrameOfReferenceUID = for_uid
-        ds.PositionReferenceIndicator = ""
-        ds.Manufacturer = "mri-service wrap-kspace"
-        ds.AcquisitionContextSequence = DicomSequence()
-        ds.InstanceNumber = number
-        ds.ContentDate, ds.ContentTime = date, time
-        ds.CreatorVersionUID = CREATOR_VERSION_UID
-        ds.SOPClassUID = RAW_DATA_STORAGE
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(a), str(b)])
-        block = ds.private_block(KSPACE_GROUP, KSPACE_PRIVATE_CREATOR, create=True)
-        part = k[a:b]
-        block.add_new(0x01, "CS", LAYOUT_VERSION)
-        block.add_new(0x02, "UL", list(part.shape))
-        block.add_new(0x03, "CS", "COMPLEX64")
-        block.add_new(0x04, "OF", part.astype("<c8").tobytes())
-        if m is not None:
-            mp = m if m.ndim == 2 else m[a:b]
-            block.add_new(0x05, "UL", list(mp.shape))
-            block.add_new(0x06, "OF", mp.astype("<f4").tobytes())
-        block.add_new(0x07, "UL", [ny, nx])
-        block.add_new(0x08, "UL", [a, ns])
-        block.add_new(0x09, "DS", [_ds(v) for v in geometry.positions[a:b].reshape(-1)])
-        block.add_new(0x0A, "DS", [_ds(v) for v in geometry.orientation])
-        block.add_new(0x0B, "DS", [_ds(v) for v in geometry.pixel_spacing])
-        if geometry.slice_thickness:
-            block.add_new(0x0C, "DS", _ds(geometry.slice_thickness))
-        if contrast:
-            block.add_new(0x0D, "LO", contrast)
-        block.add_new(0x0E, "CS", "ROW" if phase_encoding_axis == -2 else "COL")
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = RAW_DATA_STORAGE
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.file_meta = meta
+        general_series(ds, series_instance_uid=series_uid, series_number=series_number,
+                       description=series_description, source=template)
+        frame_of_reference(ds, for_uid)
+        general_equipment(ds, "mri-service wrap-kspace")
+        _raw_data_module(ds, number, date, time)
+        sop_common(ds, RAW_DATA_STORAGE, generate_uid(entropy_srcs=[series_uid, str(a), str(b)]))
+        _kspace_block(ds, k[a:b], None if m is None else (m if m.ndim == 2 else m[a:b]), first=a, total=ns,
+                      geometry=geometry, contrast=contrast, phase_encoding_axis=phase_encoding_axis)
+        file_meta(ds)
         out.append(ds)
     return out
+
+
+def _raw_data_module(ds: Dataset, number: int, date: str, time: str) -> None:
+    """Acquisition Context and Raw Data modules (the samples themselves are in the private block)."""
+    ds.AcquisitionContextSequence = DicomSequence()
+    ds.InstanceNumber = number
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.CreatorVersionUID = CREATOR_VERSION_UID
+
+
+def _kspace_block(ds: Dataset, part: np.ndarray, mask: np.ndarray | None, *, first: int, total: int,
+                  geometry: SeriesGeometry, contrast: str | None, phase_encoding_axis: int) -> None:
+    """The private block of one instance, every element written through :data:`_FIELDS` (its VR and offset).
+
+    part : complex64 [slices, coils, ky, kx] of this instance; mask : float32 [ky, kx] or [slices, ky, kx]
+    """
+    block = ds.private_block(KSPACE_GROUP, KSPACE_PRIVATE_CREATOR, create=True)
+
+    def put(name: str, value) -> None:
+        offset = _OFFSET[name]
+        block.add_new(offset, _FIELDS[offset][0], value)
+
+    s = slice(first, first + part.shape[0])
+    put("KSpaceLayoutVersion", LAYOUT_VERSION)
+    put("KSpaceShape", list(part.shape))
+    put("KSpaceSampleType", "COMPLEX64")
+    put("KSpaceData", part.astype("<c8").tobytes())
+    if mask is not None:
+        put("KSpaceMaskShape", list(mask.shape))
+        put("KSpaceMaskData", mask.astype("<f4").tobytes())
+    put("KSpaceReconMatrix", list(part.shape[-2:]))
+    put("KSpaceSliceRange", [first, total])
+    put("KSpaceSlicePositions", [ds_str(float(v)) for v in geometry.positions[s].reshape(-1)])
+    put("KSpaceImageOrientation", [ds_str(float(v)) for v in geometry.orientation])
+    put("KSpacePixelSpacing", [ds_str(float(v)) for v in geometry.pixel_spacing])
+    if geometry.slice_thickness:
+        put("KSpaceSliceThickness", ds_str(float(geometry.slice_thickness)))
+    if contrast:
+        put("KSpaceContrast", contrast)
+    put("KSpacePhaseEncodingAxis", "ROW" if phase_encoding_axis == -2 else "COL")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,23 +361,21 @@ def _decode_one(ds: Dataset) -> _Part:
         raise DicomInputError(f"{where}: KSpaceData has {len(data)} bytes, expected 8 x slices x coils x ky x kx = "
                               f"8 x {' x '.join(map(str, shape))} = {expected}", attribute="KSpaceData",
                               kind="mismatch")
-    k = np.frombuffer(data, "<c8").reshape(shape).astype(np.complex64)
-    if not np.all(np.isfinite(k)):
-        raise DicomInputError(f"{where}: KSpaceData contains NaN/Inf values", attribute="KSpaceData")
+    k = _contract(where, "KSpaceData", check_kspace, np.frombuffer(data, "<c8").reshape(shape),
+                  require_samples=False)  # one instance of a volume may hold only zeros; the volume may not
     ns, _, ny, nx = shape
     mask = None
     mshape = _field(ds, block, "KSpaceMaskShape", required=False)
     if mshape is not None:
         mshape = _ints(ds, "KSpaceMaskShape", mshape, (2, 3))
-        if tuple(mshape) not in ((ny, nx), (ns, ny, nx)):
-            raise DicomInputError(f"{where}: KSpaceMaskShape {tuple(mshape)} must be (ky, kx) = {(ny, nx)} or "
-                                  f"(slices, ky, kx) = {(ns, ny, nx)}", attribute="KSpaceMaskShape", kind="mismatch")
+        _contract(where, "KSpaceMaskShape", check_mask_shape, tuple(mshape), k.shape, kind="mismatch",
+                  got=f"float32 {tuple(mshape)}")  # the block's masks are float32
         mdata = _field(ds, block, "KSpaceMaskData")
         if len(mdata) != 4 * int(np.prod(mshape)):
             raise DicomInputError(f"{where}: KSpaceMaskData has {len(mdata)} bytes, expected 4 x "
                                   f"{' x '.join(map(str, mshape))} = {4 * int(np.prod(mshape))}",
                                   attribute="KSpaceMaskData", kind="mismatch")
-        mask = np.frombuffer(mdata, "<f4").reshape(mshape).astype(np.float32)
+        mask = _contract(where, "KSpaceMaskData", check_mask, np.frombuffer(mdata, "<f4").reshape(mshape), k.shape)
         if mask.ndim == 2:
             mask = np.broadcast_to(mask, (ns, ny, nx))
     matrix = _ints(ds, "KSpaceReconMatrix", _field(ds, block, "KSpaceReconMatrix"), (2,))
@@ -426,6 +411,15 @@ def _decode_one(ds: Dataset) -> _Part:
                  thick[0] if thick else None, contrast, -2 if axis == "ROW" else -1)
 
 
+def _contract(where: str, attribute: str, check, *args, kind: str = "invalid", **kwargs):
+    """``check(*args, **kwargs)`` of :mod:`mrcore.contract`; its refusal as a DicomInputError naming the private
+    field and carrying the contract's verdict."""
+    try:
+        return check(*args, **kwargs)
+    except ContractError as exc:
+        raise DicomInputError(f"{where}: {attribute}: {exc}", attribute=attribute, kind=kind, contract=exc) from None
+
+
 def check_kspace_instance(ds: Dataset) -> None:
     """Validate one Raw Data instance (private block present, sizes consistent); raises DicomInputError."""
     _decode_one(ds)
@@ -451,7 +445,7 @@ def decode_kspace(datasets: Sequence[Dataset] | Dataset) -> KSpaceVolume:
     items = [datasets] if isinstance(datasets, Dataset) else list(datasets)
     if not items:
         raise DicomInputError("no Raw Data instances given", kind="missing")
-    unique = {}
+    unique: dict[str, Dataset] = {}
     for ds in items:
         unique.setdefault(str(ds.get("SOPInstanceUID", id(ds))), ds)
     parts = sorted((_decode_one(ds) for ds in unique.values()), key=lambda p: p.first)
@@ -476,7 +470,8 @@ def decode_kspace(datasets: Sequence[Dataset] | Dataset) -> KSpaceVolume:
         raise DicomInputError(f"k-space series incomplete or overlapping: {p0.total} slices expected, missing "
                               f"{missing[:10]}, given twice {twice[:10]}", attribute="KSpaceSliceRange",
                               kind="mismatch")
-    kspace = np.concatenate([p.kspace for p in parts])
+    kspace = _contract(f"series ...{str(p0.ds.SeriesInstanceUID)[-12:]}", "KSpaceData", check_kspace,
+                       np.concatenate([p.kspace for p in parts]))
     mask = None
     if p0.mask is not None:
         mask = np.concatenate([p.mask for p in parts]).astype(np.float32)

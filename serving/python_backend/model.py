@@ -59,7 +59,7 @@ class TritonPythonModel:
         for n, request in enumerate(requests):
             try:
                 feed = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
-            except Exception as exc:  # a missing input: answer this request, keep the others
+            except Exception as exc:  # noqa: BLE001 - a missing input: answer this request, keep the others
                 responses[n] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad request: {exc}"))
                 continue
             arrays.append(feed)
@@ -76,7 +76,7 @@ class TritonPythonModel:
                                for name, out in zip(self.outputs, outs)]
                     responses[n] = pb_utils.InferenceResponse(output_tensors=tensors)
                     start += size
-            except Exception as exc:  # ONNX Runtime rejected the shapes or values: an error per request
+            except Exception as exc:  # noqa: BLE001 - ONNX Runtime rejected the shapes or values: an error per request
                 for n, _ in members:
                     responses[n] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"inference failed: {exc}"))
         return responses

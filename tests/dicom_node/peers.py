@@ -67,7 +67,7 @@ class Orthanc:
         path.write_text(json.dumps(cfg, indent=1))
         return path
 
-    def start(self) -> "Orthanc":
+    def start(self) -> Orthanc:
         cfg = self.write_config()
         self.log = open(self.dir / "orthanc.log", "ab")
         self.proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=self.log, stderr=subprocess.STDOUT,
@@ -208,7 +208,7 @@ class NodeProcess:
         self.proc: subprocess.Popen | None = None
         self.port = yaml.safe_load(config.read_text())["listen"]["port"]
 
-    def start(self, timeout: float = 60) -> "NodeProcess":
+    def start(self, timeout: float = 60) -> NodeProcess:
         cmd = [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)]
         if self.processor:
             cmd += ["--processor", self.processor]

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from serving.dicom import real_world_values
-from tests.dicom_node.data import BIRTH_DATE, PATIENT_ID, PATIENT_NAME, ellipse_volume, mr_series, \
-    undersampled_kspace, write_series
+from tests.dicom_node.data import (
+    BIRTH_DATE,
+    PATIENT_ID,
+    PATIENT_NAME,
+    ellipse_volume,
+    mr_series,
+    undersampled_kspace,
+    write_series,
+)
 from tests.dicom_node.doubles import expected_recon, expected_synthesis
 from tests.dicom_node.peers import dciodvfy_errors, node_config, storescu, wait_for
 

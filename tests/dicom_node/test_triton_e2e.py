@@ -18,8 +18,13 @@ from serving.dicom import real_world_values
 from tests.conftest import ROOT, free_port
 from tests.dicom_node.data import PATIENT_ID, ellipse_volume, mr_series, undersampled_kspace, write_series
 from tests.dicom_node.peers import dciodvfy_errors, node_config, storescu, wait_for
-from tests.dicom_node.test_e2e_orthanc import RECON_ROUTE, SYNTH_ROUTE, assert_derived_matches, check_no_phi, \
-    pacs_destination
+from tests.dicom_node.test_e2e_orthanc import (
+    RECON_ROUTE,
+    SYNTH_ROUTE,
+    assert_derived_matches,
+    check_no_phi,
+    pacs_destination,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 
-from tests.mrcore.objects import smooth_object
-
 from mrcore.coils import estimate_coil_maps, simulate_coil_maps
 from mrcore.fft import fft2c
+from tests.mrcore.objects import smooth_object
 
 N, COILS = 128, 8
 

@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 
-from tests.mrcore.objects import smooth_object
-
 from mrcore.coils import simulate_coil_maps
 from mrcore.cs import l1_wavelet_recon
 from mrcore.masks import make_mask
 from mrcore.metrics import psnr
 from mrcore.sense import sense_forward, zero_filled
+from tests.mrcore.objects import smooth_object
 
 N, COILS = 128, 8
 

@@ -7,8 +7,15 @@ import shutil
 import numpy as np
 import pytest
 
-from serving.dicom import build_derived_series, datasets_zip, decode_kspace, encode_kspace, intensity_mapping, \
-    read_series, real_world_values
+from serving.dicom import (
+    build_derived_series,
+    datasets_zip,
+    decode_kspace,
+    encode_kspace,
+    intensity_mapping,
+    read_series,
+    real_world_values,
+)
 from tests.dicom_node.data import PATIENT_ID, ellipse_volume, mr_series, undersampled_kspace
 from tests.dicom_node.peers import dciodvfy_errors
 from tests.serving.test_dicom_series import enhanced_from

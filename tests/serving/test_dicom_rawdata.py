@@ -12,10 +12,16 @@ import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 
 from mrcore.data.readers import write_mrd
-from serving.dicom import DicomInputError, check_kspace_instance, decode_kspace, encode_kspace, has_kspace, \
-    read_kspace_file
+from serving.dicom import (
+    DicomInputError,
+    check_kspace_instance,
+    decode_kspace,
+    encode_kspace,
+    has_kspace,
+    read_kspace_file,
+)
 from serving.dicom.rawdata import KSPACE_PRIVATE_CREATOR
-from tests.dicom_node.data import mr_series, ellipse_volume, undersampled_kspace
+from tests.dicom_node.data import ellipse_volume, mr_series, undersampled_kspace
 from tests.dicom_node.peers import dciodvfy_errors
 
 

@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from serving.repository import check_model, parse_config
-from training.cli import app
 from tests.conftest import ROOT
+from training.cli import app
 from training.export.onnx_io import PARITY_TOLERANCE, check_parity, ort_session, relative_error, sha256
 from training.export.run import export_run
 from training.federation.records import save_arrays

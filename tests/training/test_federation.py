@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from training.federation.coordinator import latest_checkpoint, read_metrics
-from training.federation.records import load_arrays
+from training.federation.records import load_arrays, to_record
 from training.federation.registry import family_from_config
 from training.federation.runconfig import load_run_config
 from training.federation.strategy import SharedWeightsViolation, check_shared_arrays, describe
-from training.federation.records import to_record
 
 pytestmark = pytest.mark.slow
 

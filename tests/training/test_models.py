@@ -27,7 +27,6 @@ from training.models import (
 from training.models.sensitivity import fixed_band_mask
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Single-threaded torch for these tiny tensors: far faster on a shared 2-core machine (no spin-waits)."""

@@ -120,7 +120,7 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, extra, match):
     with pytest.raises((ConfigError, ValueError), match=match):
         fam = small_family(tmp_path, *extra)
         fam.source  # noqa: B018  (opens the source: contrast checks)
-        fam.site_counts  # noqa: B018
+        fam.site_counts  # noqa: B018  (counts the sites' slices: size checks)
 
 
 def test_export_direction_must_be_trained(tmp_path):

@@ -11,13 +11,13 @@ import yaml
 from typer.testing import CliRunner
 
 from mrcore.config import ConfigError
+from tests.conftest import cli_text
+from tests.training.test_synthesis_family import simulate, tiny_config
 from training.cli import app
 from training.federation.coordinator import checkpoint_path
 from training.federation.records import load_arrays, save_arrays
 from training.federation.registry import family_from_config
 from training.synthesis.pretrained import provenance_path, publish
-from tests.conftest import cli_text
-from tests.training.test_synthesis_family import simulate, tiny_config
 
 runner = CliRunner()
 PUBLIC = "data.train_sites=[hospital-c, hospital-d]"

@@ -14,7 +14,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+
+from mrcore.durable import durable_path
 
 from .spec import ServableModel
 
@@ -29,13 +33,9 @@ PARITY_TOLERANCE = 1e-5
 def export_onnx(model: ServableModel, path: Path) -> Path:
     """Export ``model.module`` to ``path`` (ONNX, weights embedded, every dynamic axis dynamic).
 
-    The file is written atomically; the graph is checked with ``onnx.checker``.
+    The file is written crash-safely (:mod:`mrcore.durable`); the graph is checked with ``onnx.checker``.
     """
-    import onnx
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.onnx")
     module = model.module.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -50,13 +50,13 @@ def export_onnx(model: ServableModel, path: Path) -> Path:
             verbose=False,
             report=False,
         )
-    program.save(str(tmp), external_data=False)
-    proto = onnx.load(str(tmp))
-    strip_debug_metadata(proto)
-    onnx.checker.check_model(proto)
-    check_io(proto, model)
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    with durable_path(path) as tmp:
+        program.save(str(tmp), external_data=False)
+        proto = onnx.load(str(tmp))
+        strip_debug_metadata(proto)
+        onnx.checker.check_model(proto)
+        check_io(proto, model)
+        onnx.save(proto, str(tmp))
     return path
 
 
@@ -93,8 +93,6 @@ def check_io(proto, model: ServableModel) -> None:
 
 def ort_session(path: Path, threads: int = 0):
     """A CPU ONNX Runtime session for ``path`` (``threads=0``: ONNX Runtime's default)."""
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads

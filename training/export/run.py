@@ -12,7 +12,7 @@ import onnx
 import onnxruntime
 import torch
 
-from training.federation.coordinator import checkpoint_path, latest_checkpoint, read_metrics
+from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
 from training.federation.records import load_arrays
 from training.federation.registry import family_from_yaml
 
@@ -91,7 +91,7 @@ def model_card(model: ServableModel, version: int, family, run_dir: Path, round_
         },
         "metrics": metrics,
         "export": {
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "checkpoint": f"{Path(run_dir).name}/checkpoints/{checkpoint.name}",
             "checkpoint_sha256": sha256(checkpoint),
             "onnx_sha256": sha256(onnx_path),

@@ -17,6 +17,8 @@ import json
 import shutil
 from pathlib import Path
 
+from mrcore.durable import fsync_dir, write_durable
+
 from .spec import ServableModel, TensorSpec
 
 #: the python backend runner copied next to every model.onnx
@@ -99,8 +101,9 @@ def write_model(repo: Path, model: ServableModel, version: int, onnx_path: Path,
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
-    (model_dir / "config.pbtxt").write_text(config_text(model, gpu=True))
-    (model_dir / "configs" / f"{CPU_CONFIG}.pbtxt").write_text(config_text(model, gpu=False))
+    fsync_dir(model_dir)
+    write_durable(model_dir / "config.pbtxt", config_text(model, gpu=True))
+    write_durable(model_dir / "configs" / f"{CPU_CONFIG}.pbtxt", config_text(model, gpu=False))
     return final
 
 

@@ -22,8 +22,10 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from training.federation.coordinator import run_coordinator
 from training.federation.records import TARGET_LATENTS, audit_outgoing, from_record, to_record
 from training.federation.registry import family_from_config
+from training.federation.runconfig import load_run_config
 
 log = logging.getLogger(__name__)
 client_app = ClientApp()
@@ -119,9 +121,6 @@ server_app = ServerApp()
 def coordinator(grid: Grid, context: Context) -> None:
     """Deployment entry point: the run configuration comes from the Flower run config
     (``config-file`` and optional ``overrides`` separated by ';')."""
-    from training.federation.coordinator import run_coordinator
-    from training.federation.runconfig import load_run_config
-
     rc = context.run_config
     overrides = [o for o in str(rc.get("overrides", "")).split(";") if o.strip()]
     run_cfg = load_run_config(Path(str(rc["config-file"])), overrides)

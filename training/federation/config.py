@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from mrcore.config import ConfigError
 
 
@@ -30,8 +32,6 @@ def check_device(device: str) -> None:
 
 def torch_device(device: str):
     """The configured ``torch.device``; a GPU that is asked for but not visible is an error, not a fallback."""
-    import torch
-
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} was configured but no CUDA GPU is visible to torch")
     return torch.device(device)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -23,50 +22,22 @@ import yaml
 from flwr.app import MetricRecord
 from flwr.serverapp import Grid
 
+from mrcore.durable import append_durable, write_durable, write_json_durable
+from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
 from training.federation.family import Arrays
 from training.federation.records import from_record, load_arrays, save_arrays, to_record
 from training.federation.registry import family_from_config, family_from_yaml
+from training.federation.runconfig import absolute_paths
 from training.federation.strategy import SiteFedAvg, describe
 
 log = logging.getLogger(__name__)
-_CKPT = re.compile(r"round_(\d{3,})\.npz$")
-
-
-def checkpoint_path(run_dir: Path, server_round: int, suffix: str = ".npz") -> Path:
-    """``run_dir/checkpoints/round_NNN.npz`` (the shared weights after ``server_round``; ``suffix=".json"``: its
-    metrics record)."""
-    return Path(run_dir) / "checkpoints" / f"round_{int(server_round):03d}{suffix}"
-
-
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """(round, path) of the newest checkpoint in ``run_dir/checkpoints``, or None."""
-    found = []
-    for p in (Path(run_dir) / "checkpoints").glob("round_*.npz"):
-        m = _CKPT.search(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return max(found) if found else None
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """All round records of ``run_dir/metrics.jsonl`` (empty if none)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _truncate_metrics(run_dir: Path, last_round: int) -> None:
     rows = [r for r in read_metrics(run_dir) if r["round"] <= last_round]
     path = Path(run_dir) / "metrics.jsonl"
     if path.exists():
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+        write_durable(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 #: keys that may change between an interrupted run and its resumption
@@ -80,10 +51,8 @@ class RunMismatch(ValueError):
 def _with_defaults(cfg: dict) -> dict:
     """``cfg`` with every key of the schema filled in: keys added since a run was saved take their
     defaults, which keep the old behaviour. A config the schema refuses is returned as it is."""
-    from training.federation.runconfig import _absolute_paths
-
     try:
-        return _absolute_paths(family_from_config(cfg).config_dict())
+        return absolute_paths(family_from_config(cfg).config_dict())
     except ValueError:
         return cfg
 
@@ -120,7 +89,7 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
     total_rounds = int(run_cfg["federation"]["rounds"])
     run_dir.mkdir(parents=True, exist_ok=True)
     check_same_run(run_dir, run_cfg)
-    (run_dir / "config.yaml").write_text(text)
+    write_durable(run_dir / "config.yaml", text)
 
     arrays = family.initial_arrays()
     offset = 0
@@ -157,9 +126,8 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
             "heldout": heldout,
         }
         t_round[0] = now
-        with open(run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        _write_json(checkpoint_path(run_dir, g, ".json"), row)
+        append_durable(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
+        write_json_durable(checkpoint_path(run_dir, g, ".json"), row, indent=1)
         if progress is not None:
             progress(g, row)
         return MetricRecord({k: float(v) for k, v in heldout.items()}) if heldout else None

@@ -141,7 +141,7 @@ class LocalDeployment:
     def __enter__(self) -> LocalDeployment:
         try:
             return self.start()
-        except BaseException:
+        except BaseException:  # any failure, even Ctrl-C: stop what started, then re-raise
             self.stop()
             raise
 

@@ -117,13 +117,13 @@ class Family(ABC):
     def evaluate_heldout(self, arrays: Arrays) -> dict[str, float]:
         """Metrics on the held-out site or subjects (run by the coordinator); may be empty."""
 
-    def prepare(self) -> None:  # noqa: B027
+    def prepare(self) -> None:  # noqa: B027 - optional hook, empty by design
         """Optional: build data caches up front, before the sites' processes start (in the coordinator)."""
 
-    def write_artifacts(self, arrays: Arrays, server_round: int, run_dir: Path) -> None:  # noqa: B027
+    def write_artifacts(self, arrays: Arrays, server_round: int, run_dir: Path) -> None:  # noqa: B027 - optional hook, empty by design
         """Optional per-round artefacts (sample image grids, ...) written by the coordinator."""
 
-    def plot_run(self, rows: list[dict], run_dir: Path) -> None:  # noqa: B027
+    def plot_run(self, rows: list[dict], run_dir: Path) -> None:  # noqa: B027 - optional hook, empty by design
         """Optional family-specific plots of the run's metric rows (``metrics.jsonl``), called by the CLI."""
 
     def servable_models(self, arrays: Arrays) -> list:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
+from mrcore.durable import durable_path
 from training.federation.family import Arrays
 
 #: name of the record carrying FL-MRCM's target latents (the target's reply, then the sources' train messages)
@@ -26,12 +27,9 @@ def from_record(record: ArrayRecord) -> Arrays:
 
 
 def save_arrays(arrays: Arrays, path: Path) -> None:
-    """Write ``arrays`` to ``path`` (.npz) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    """Write ``arrays`` to ``path`` (.npz) crash-safely (:mod:`mrcore.durable`)."""
+    with durable_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load_arrays(path: Path) -> Arrays:

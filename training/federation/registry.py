@@ -22,11 +22,11 @@ def family_from_yaml(text: str) -> Family:
     data = yaml.safe_load(text) or {}
     kind = data.get("family")
     if kind == "recon":
-        from training.recon.family import ReconFamily
+        from training.recon.family import ReconFamily  # deferred: a family loads its own stack (torch, sigpy)
 
         return ReconFamily.from_dict(data)
     if kind == "synthesis":
-        from training.synthesis.family import SynthesisFamily
+        from training.synthesis.family import SynthesisFamily  # deferred: opacus, only for synthesis runs
 
         return SynthesisFamily.from_dict(data)
     raise ConfigError(f"unknown config key value family={kind!r}; expected one of {', '.join(map(repr, FAMILIES))}")

@@ -15,10 +15,10 @@ def load_run_config(path: Path | None, overrides: Sequence[str] = ()) -> dict:
     data = read_config_file(path) if path is not None else {}
     data = apply_overrides(data, overrides)
     family = family_from_config(data)
-    return _absolute_paths(family.config_dict())
+    return absolute_paths(family.config_dict())
 
 
-def _absolute_paths(cfg: dict) -> dict:
+def absolute_paths(cfg: dict) -> dict:
     """Resolve the relative directories of a run (run_dir, caches) against the current directory, so the
     sites' worker processes find them whatever their own working directory is."""
     out = dict(cfg)
@@ -26,7 +26,7 @@ def _absolute_paths(cfg: dict) -> dict:
         out["run_dir"] = str(Path(out["run_dir"]).resolve())
     for key, value in out.items():
         if isinstance(value, dict):
-            out[key] = _absolute_paths(value) if key != "run_dir" else value
+            out[key] = absolute_paths(value) if key != "run_dir" else value
             for sub in ("cache_dir", "root"):
                 if isinstance(out[key].get(sub), str):
                     out[key][sub] = str(Path(out[key][sub]).resolve())

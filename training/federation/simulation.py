@@ -21,13 +21,13 @@ OFFLINE_ENV = {
 for _k, _v in OFFLINE_ENV.items():
     os.environ.setdefault(_k, _v)
 
-from flwr.app import Context  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
-from flwr.simulation import run_simulation  # noqa: E402
+from flwr.app import Context  # noqa: E402 - Flower and Ray read these variables when imported
+from flwr.serverapp import Grid, ServerApp  # noqa: E402 - Flower and Ray read these variables when imported
+from flwr.simulation import run_simulation  # noqa: E402 - Flower and Ray read these variables when imported
 
-from training.federation.apps import client_app  # noqa: E402
-from training.federation.coordinator import run_coordinator  # noqa: E402
-from training.federation.registry import family_from_config  # noqa: E402
+from training.federation.apps import client_app  # noqa: E402 - Flower and Ray read these variables when imported
+from training.federation.coordinator import run_coordinator  # noqa: E402 - Flower and Ray read these variables when imported
+from training.federation.registry import family_from_config  # noqa: E402 - Flower and Ray read these variables when imported
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def simulate(run_cfg: dict, progress: Callable[[int, dict], None] | None = None,
                               "logging_level": "error", "log_to_driver": True},
             },
         )
-    except Exception:
+    except Exception:  # re-raised below: the coordinator's own error wins over Flower's wrapper
         if failure:  # the coordinator's own error (e.g. StopRun) rather than Flower's wrapper
             raise failure[0] from None
         raise

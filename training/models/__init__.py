@@ -19,7 +19,7 @@ from torch import nn
 from .blocks import ResidualBlock, UNet, channels_to_complex, complex_to_channels
 from .critic import WGANCritic
 from .domain import DomainIdentifier, grad_reverse
-from .recon import PlainGenerator, ResidualCNN, UnrolledGenerator, UNetGenerator, magnitude, num_parameters
+from .recon import PlainGenerator, ResidualCNN, UNetGenerator, UnrolledGenerator, magnitude, num_parameters
 from .sensitivity import SensitivityNet, calibration_mask
 from .synthesis import (
     SYNTHESIS_GENERATORS,

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from mrcore.coils import estimate_coil_maps
 from mrcore.cs import l1_wavelet_recon
+from mrcore.metrics import psnr
 from training.recon.data import ReconSlices
 from training.recon.family import ReconFamily
 from training.recon.loop import reconstruct, volume_metrics
@@ -56,8 +57,6 @@ def cs_reconstruct(ds: ReconSlices, lamda: float, indices=None, progress: bool =
 
 def tune_cs_lambda(family: ReconFamily, slices_per_site: int = 3) -> float:
     """The CS weight with the best mean PSNR on a few validation slices of the training sites."""
-    from mrcore.metrics import psnr
-
     scores = {lam: [] for lam in CS_LAMBDAS}
     for site in family.train_sites:
         ds = family.dataset(site, "val")

@@ -27,8 +27,10 @@ from training.federation.family import Arrays, Family, SiteUpdate
 from training.models import build_critic, build_generator
 from training.recon.config import ReconRunConfig
 from training.recon.data import ReconSlices, split_by_subject, spread
+from training.recon.export import servable_models
 from training.recon.loop import reconstruct, train_epoch, volume_metrics
 from training.recon.mrcm import LatentAligner, as_target_tensor, new_identifier, pool_latent
+from training.recon.plots import plot_samples
 from training.sites import derive_seed, load_site_state, open_site_source, save_site_state
 
 log = logging.getLogger(__name__)
@@ -238,8 +240,6 @@ class ReconFamily(Family):
         return self._evaluate(arrays, site, "heldout") if site else {}
 
     def write_artifacts(self, arrays: Arrays, server_round: int, run_dir: Path) -> None:
-        from training.recon.plots import plot_samples
-
         site = self.cfg.data.heldout_site or self.train_sites[0]
         split = "heldout" if self.cfg.data.heldout_site else "val"
         ds = self.dataset(site, split)
@@ -249,6 +249,4 @@ class ReconFamily(Family):
                      title=f"{site}, round {server_round}, R={self.cfg.mask.acceleration:g}")
 
     def servable_models(self, arrays: Arrays) -> list:
-        from training.recon.export import servable_models
-
         return servable_models(self, arrays)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mrcore import torch_ops as ops
 from training.models import magnitude
 from training.objectives import HybridSchedule, critic_loss, generator_adversarial_loss, l1_loss
 from training.recon.config import ObjectiveConfig
@@ -109,8 +110,6 @@ def train_epoch(
 @torch.no_grad()
 def reconstruct(generator: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run ``generator`` over ``loader``: (outputs, zero-filled, targets, subject ids), magnitudes [N, H, W]."""
-    from mrcore import torch_ops as ops
-
     generator.eval()
     device = next(generator.parameters()).device
     outs, zfs, targets, subjects = [], [], [], []

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from mrcore.data.base import SliceSource
+from training.models.synthesis import NORM_EPS
 from training.synthesis.config import PARTITIONS, AugmentConfig
 
 
@@ -69,8 +70,6 @@ def random_affine(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfi
 def mean_normalise(images: np.ndarray) -> np.ndarray:
     """``images / mean(images)`` per image over the last two axes (numpy twin of
     :func:`training.models.synthesis.normalise`); float32, same shape."""
-    from training.models.synthesis import NORM_EPS
-
     images = np.asarray(images, dtype=np.float32)
     return (images / (images.mean(axis=(-2, -1), keepdims=True) + NORM_EPS)).astype(np.float32)
 

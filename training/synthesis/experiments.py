@@ -27,8 +27,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import typer
 import yaml
+from tqdm import tqdm
+
+from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
+from training.federation.coordinator import check_same_run
+from training.federation.records import load_arrays
+from training.federation.registry import family_from_config, family_from_yaml
+from training.federation.runconfig import load_run_config
+from training.federation.simulation import simulate
+from training.report import markdown_table, write_report
 
 log = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -99,11 +109,6 @@ OUT_OPT = typer.Option(None, "--out", help=f"Markdown file with the tables (defa
 def run_one(config: Path, overrides: list[str], run_dir: Path) -> dict:
     """Train (or resume, or reuse) one run; returns its summary: last held-out metrics, epsilon per site,
     seconds of training and the run's overrides."""
-    from training.federation.coordinator import check_same_run, read_metrics
-    from training.federation.registry import family_from_config
-    from training.federation.runconfig import load_run_config
-    from training.federation.simulation import simulate
-
     own = run_dir == _default_run_dir(config)
     cfg = load_run_config(config, [*overrides, *([] if own else [f"run_dir={run_dir}", f"name={run_dir.name}"])])
     check_same_run(run_dir, cfg)  # a run of another configuration is never reused (RunMismatch names the keys)
@@ -112,8 +117,6 @@ def run_one(config: Path, overrides: list[str], run_dir: Path) -> dict:
         family = family_from_config(cfg)
         family.prepare()
         log.info("training %s (%s)", run_dir.name, " ".join(overrides) or "base config")
-        from tqdm import tqdm
-
         total = int(cfg["federation"]["rounds"])
         with tqdm(total=total, initial=rows[-1]["round"] if rows else 0, desc=run_dir.name, unit="round") as bar:
             def progress(rnd: int, row: dict) -> None:
@@ -137,8 +140,6 @@ def _summary(name: str, rows: list[dict], heldout: dict, overrides: list[str]) -
 def _default_run_dir(config: Path) -> Path:
     """The configuration's own run directory (the default run, e.g. ``runs/synthesis-default``): the
     federated + DP row of 'compare' without overrides *is* that run, reused when it is complete."""
-    from training.federation.runconfig import load_run_config
-
     return Path(load_run_config(config)["run_dir"])
 
 
@@ -192,8 +193,6 @@ def full_runs(config: Path, base: list[str], root: Path, seed: int | None = None
 def _compare_set(config: Path, base: list[str], root: Path, seed: int | None, suffix: str, note: str) -> list[tuple[str, dict]]:
     """(label, summary) of the four 'compare' runs of ``base`` (central at the configuration's lr and at
     ``CENTRAL_REFERENCE_LR``, federated, federated + DP, in that order); ``note`` ends every label."""
-    from training.federation.runconfig import load_run_config
-
     full = full_runs(config, base, root, seed, suffix)
     lr = CENTRAL_REFERENCE_LR
     seeded, tag = _seeded(base, seed)
@@ -210,8 +209,6 @@ def _compare_set(config: Path, base: list[str], root: Path, seed: int | None, su
 
 def _init_weights(config: Path, base: list[str]) -> str | None:
     """The configuration's ``model.init_weights`` (pretrained starting weights), or None."""
-    from training.federation.runconfig import load_run_config
-
     return load_run_config(config, base)["model"].get("init_weights")
 
 
@@ -231,8 +228,6 @@ def compare(config: Path, base: list[str], root: Path, seeds: Sequence[int] = ()
     (no DP) vs federated + DP, same model, rounds and data. ``seeds``: further seeds than the configuration's
     own; every row is trained once per seed, and a table of the means over the seeds, with the gap of
     federated + DP to each row, follows."""
-    from benchmarks.common import markdown_table
-
     own = _compare_runs(config, base, root)
     others = {s: _compare_runs(config, base, root, s) for s in seeds}
     rows = [_identity_row(own[0][1])] + [_row(label, r) for label, r in own]
@@ -245,8 +240,6 @@ def compare(config: Path, base: list[str], root: Path, seeds: Sequence[int] = ()
         dp = means[DP_ROW]
         header = ["run", "seeds", "PSNR A->B per seed (dB)", "mean PSNR A->B (dB)", "mean SSIM A->B",
                   "federated + DP minus this row (dB)"]
-        from training.federation.runconfig import load_run_config
-
         seed_names = ", ".join(str(s) for s in (load_run_config(config, base)["seed"], *others))
         table += "\n\nMeans over the seeds:\n\n" + markdown_table(header, [
             [label, seed_names, " / ".join(f"{rs[i]['heldout']['psnr']:.2f}" for rs in per_row), f"{means[i]:.2f}",
@@ -258,8 +251,6 @@ def compare(config: Path, base: list[str], root: Path, seeds: Sequence[int] = ()
 def compare_small(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]]:
     """The same comparison on 400 records per site (``SMALL``), with flat and per-layer clipping, and flat
     clipping with twice the rounds."""
-    from benchmarks.common import markdown_table
-
     small = [*base, *SMALL]
     runs = [
         ("centralized (pooled data, no DP)", run_one(config, [*small, "data.pooled=true", "privacy.enabled=false"], root / "central")),
@@ -275,8 +266,6 @@ def compare_small(config: Path, base: list[str], root: Path) -> tuple[str, list[
 
 def partitions(config: Path, base: list[str], short: list[str], root: Path) -> tuple[str, list[dict]]:
     """The three partition schemes of the training slices over the sites (federated + DP, short runs)."""
-    from benchmarks.common import markdown_table
-
     runs = [(p, run_one(config, [*base, *short, f"data.partition={p}"], root / f"partition-{p}"))
             for p in ("average", "gradual", "extreme")]
     rows = [_identity_row(runs[0][1])] + [_row(f"{p} ({SHARES.get(p, '')})", r) for p, r in runs]
@@ -285,8 +274,6 @@ def partitions(config: Path, base: list[str], short: list[str], root: Path) -> t
 
 def dp_grid(config: Path, base: list[str], short: list[str], root: Path) -> tuple[str, list[dict]]:
     """Noise multiplier x clip bound (federated + DP, short runs): PSNR A->B and the largest site epsilon."""
-    from benchmarks.common import markdown_table
-
     results = {}
     for s in NOISES:
         for c in CLIPS:
@@ -303,8 +290,6 @@ def ablation(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]
     """Where the gap between federated + DP and centralized comes from: full runs with one change each
     (``ABLATION``: DP's clipping without its noise, the noise multiplier, Adam's beta1, the rounds, the batch,
     the generator's size) and the mean of the default run's last rounds, beside the 'compare' runs (reused)."""
-    from benchmarks.common import markdown_table
-
     base = [*base, *SCRATCH]
     full = full_runs(config, base, root, suffix="-scratch")
     runs = [
@@ -332,12 +317,6 @@ def ablation(config: Path, base: list[str], root: Path) -> tuple[str, list[dict]
 def averaged_rounds(run_dir: Path, k: int) -> dict:
     """Held-out metrics of the mean of a finished run's last ``k`` rounds of shared weights (a summary like
     :func:`run_one`'s). Averaging released weights is post-processing: it costs no privacy."""
-    import numpy as np
-
-    from training.federation.coordinator import checkpoint_path, latest_checkpoint, read_metrics
-    from training.federation.records import load_arrays
-    from training.federation.registry import family_from_yaml
-
     last, _ = latest_checkpoint(run_dir)
     checkpoints = [load_arrays(checkpoint_path(run_dir, r)) for r in range(last - k + 1, last + 1)]
     mean = {name: np.mean([c[name] for c in checkpoints], axis=0).astype(np.float32) for name in checkpoints[-1]}
@@ -346,8 +325,6 @@ def averaged_rounds(run_dir: Path, k: int) -> dict:
 
 
 def _report(out: Path, sections: list[tuple[str, str]], config: Path, base: list[str], root: Path) -> None:
-    from benchmarks.common import write_report
-
     cfg = yaml.safe_load(Path(config).read_text())
     d, priv = cfg.get("data", {}), cfg.get("privacy", {})
     intro = (
@@ -374,8 +351,6 @@ def _main(tables: list[str], config: Path, set_: list[str], pshort: list[str], g
     if unknown:
         raise typer.BadParameter(f"unknown table(s) {', '.join(unknown)}; choose from {', '.join(TABLES)}")
     if seeds:
-        from training.federation.runconfig import load_run_config
-
         own = load_run_config(config, set_)["seed"]
         if own in seeds or len(set(seeds)) < len(seeds):
             raise typer.BadParameter(f"--seed {' '.join(map(str, seeds))}: give distinct seeds other than the "

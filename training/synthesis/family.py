@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from mrcore.config import ConfigError
 from mrcore.data.base import SliceSource
+from mrcore.durable import append_durable
 from training.federation.config import torch_device
 from training.federation.family import Arrays, Family, SiteUpdate
 from training.models.synthesis import CycleGenerators, PatchDiscriminator, SynthesisExport, build_synthesis_generator
@@ -31,7 +31,9 @@ from training.splits import split_subjects, spread
 from training.synthesis.config import SynthesisRunConfig, parse_direction
 from training.synthesis.data import ContrastPairs, choose_paired, partition_counts, partition_fractions
 from training.synthesis.evaluate import evaluate_pairs
+from training.synthesis.export import servable_models
 from training.synthesis.loop import train_epoch
+from training.synthesis.plots import plot_privacy, plot_samples
 from training.synthesis.pretrained import load_init, provenance_path
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,7 @@ def read_ledger(state_dir: Path) -> list[dict]:
 
 
 def _append_ledger(state_dir: Path, entry: dict) -> None:
-    with open(Path(state_dir) / LEDGER, "a") as fh:
-        fh.write(json.dumps(entry) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_durable(Path(state_dir) / LEDGER, json.dumps(entry) + "\n")
 
 
 class SynthesisFamily(Family):
@@ -294,16 +293,10 @@ class SynthesisFamily(Family):
         return self.evaluate(arrays, self.dataset("*", "heldout"), identity=True)
 
     def write_artifacts(self, arrays: Arrays, server_round: int, run_dir: Path) -> None:
-        from training.synthesis.plots import plot_samples
-
         plot_samples(self, arrays, run_dir / "plots" / "samples.png", title=f"held-out, round {server_round}")
 
     def plot_run(self, rows: list[dict], run_dir: Path) -> None:
-        from training.synthesis.plots import plot_privacy
-
         plot_privacy(rows, run_dir / "plots" / "privacy.png")
 
     def servable_models(self, arrays: Arrays) -> list:
-        from training.synthesis.export import servable_models
-
         return servable_models(self, arrays)

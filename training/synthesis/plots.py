@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 from torch.utils.data import DataLoader, Subset
 
 from training.plots import plot_image_grid, save_figure
+from training.synthesis.loop import synthesize
 
 
 def plot_samples(family, arrays, out: Path, n: int = 3, title: str = "") -> Path:
     """Grid of ``n`` held-out slices: source A, synthesised B, target B and ``|synthesised - target|``,
     then the reverse direction (B -> A) in the same layout; normalised units."""
-    from training.synthesis.loop import synthesize
-
     ds = family.dataset("*", "heldout")
     pick = [int(i) for i in np.linspace(0, len(ds) - 1, min(n, len(ds))).round()]
     loader = DataLoader(Subset(ds, pick), batch_size=len(pick))
@@ -33,8 +33,6 @@ def plot_samples(family, arrays, out: Path, n: int = 3, title: str = "") -> Path
 def plot_privacy(rows: Sequence[dict], out: Path) -> Path:
     """Two panels against round: each site's epsilon (if DP), and held-out PSNR of both directions with the
     identity baseline (target vs source)."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     rounds = [r["round"] for r in rows]
     ax = axes[0]

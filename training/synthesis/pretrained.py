@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from mrcore.config import ConfigError
+from training.federation.checkpoints import latest_checkpoint, read_metrics
 from training.federation.family import Arrays
 from training.federation.records import load_arrays, save_arrays
 
@@ -43,8 +44,6 @@ def provenance_path(weights: Path) -> Path:
 def publish(run_dir: Path, out: Path) -> dict:
     """Write the last checkpoint of the synthesis run in ``run_dir`` to ``out`` (.npz) with its provenance
     (``out`` with .json); return the provenance."""
-    from training.federation.coordinator import latest_checkpoint, read_metrics
-
     run_dir, out = Path(run_dir), Path(out)
     cfg_path = run_dir / "config.yaml"
     found = latest_checkpoint(run_dir)

@@ -37,47 +37,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mrcore.contrast import FASTMRI_ACQUISITIONS, contrast_of_acquisition
 from mrcore.data.base import CONTRASTS, KSpaceSlice
-from mrcore.data.readers.indexed import IndexedFileSource, rss
+from mrcore.data.readers.indexed import IndexedFileSource, list_files, rss, site_of
 from mrcore.validate import check_choice
 
 __all__ = ["FASTMRI_ACQUISITIONS", "FastMRISource", "contrast_of_acquisition", "rss"]
 
-#: fastMRI ``acquisition`` attribute (suffix such as ``_FBK`` removed) -> our contrast names.
-FASTMRI_ACQUISITIONS: dict[str, str] = {
-    "AXT1": "T1w",
-    "AXT1PRE": "T1w",
-    "AXT1POST": "T1w",
-    "AXT2": "T2w",
-    "AXFLAIR": "FLAIR",
-    "CORPD": "PD",
-    "CORPDFS": "PD",
-}
-
 _SUFFIXES = (".h5", ".hdf5")
-
-
-def contrast_of_acquisition(
-    acquisition: str | None,
-    contrast_map: Mapping[str, str] | None = None,
-    default: str | None = None,
-) -> str | None:
-    """Map a fastMRI ``acquisition`` string to a contrast name, or ``default`` when it is not known.
-
-    ``contrast_map`` entries (keys compared case-insensitively, full string or without the ``_FBK``-like
-    suffix) take precedence over :data:`FASTMRI_ACQUISITIONS`.
-    """
-    if acquisition is None:
-        return default
-    full = str(acquisition).strip().upper()
-    base = full.split("_", 1)[0]
-    table = dict(FASTMRI_ACQUISITIONS)
-    if contrast_map:
-        table.update({str(k).strip().upper(): v for k, v in contrast_map.items()})
-    for key in (full, base):
-        if key in table:
-            return table[key]
-    return default
 
 
 @dataclass(frozen=True)
@@ -89,38 +56,6 @@ class _File:
     num_slices: int
     multicoil: bool
     has_rss: bool
-
-
-def _list_h5(
-    root: str | Path | Sequence[str | Path], what: str, suffixes: tuple[str, ...] = _SUFFIXES
-) -> list[Path]:
-    """Files named by ``root``: one file, a directory (``suffixes``, recursively) or a list of files."""
-    if isinstance(root, (str, Path)):
-        p = Path(root)
-        if not p.exists():
-            raise FileNotFoundError(f"{what}: {p} does not exist (expected a directory of HDF5 files or one file)")
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
-            if not files:
-                raise ValueError(f"{what}: no {' / '.join('*' + x for x in suffixes)} files under {p}")
-            return files
-        return [p]
-    files = [Path(f) for f in root]
-    if not files:
-        raise ValueError(f"{what}: empty list of files")
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"{what}: {f} does not exist or is not a file")
-    return sorted(files)
-
-
-def _site_of(path: Path, site: str | Mapping[str, str], what: str) -> str:
-    if isinstance(site, str):
-        return site
-    for key in (path.name, path.stem, str(path)):
-        if key in site:
-            return str(site[key])
-    raise ValueError(f"{what}: {path} has no entry in the site mapping (keys are file names or stems)")
 
 
 class FastMRISource(IndexedFileSource[_File]):
@@ -165,12 +100,12 @@ class FastMRISource(IndexedFileSource[_File]):
                 check_choice(f"contrast_map[{k!r}]", v, CONTRASTS)
 
         files: list[_File] = []
-        for path in _list_h5(root, what):
+        for path in list_files(root, what, _SUFFIXES):
             info = self._inspect(path, contrast_map, default_contrast)
             if contrasts is not None and info[0] not in contrasts:
                 continue
             contrast, n, multicoil, has_rss = info
-            files.append(_File(path, _site_of(path, site, what), path.stem, contrast, n, multicoil, has_rss))
+            files.append(_File(path, site_of(path, site, what), path.stem, contrast, n, multicoil, has_rss))
         if not files:
             raise ValueError(
                 f"{what}: no usable fastMRI files under {root}"

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -22,13 +22,46 @@ import numpy as np
 from mrcore.data.base import CONTRASTS, KSpaceSlice, SliceSource
 from mrcore.fft import ifft2c
 
-__all__ = ["IndexedFileSource", "IndexedSource", "rss"]
+__all__ = ["IndexedFileSource", "IndexedSource", "list_files", "rss", "site_of"]
 
 
 def rss(coil_images: np.ndarray) -> np.ndarray:
     """Root-sum-of-squares over the coil axis: complex [coils, y, x] -> float32 [y, x]."""
     c = np.asarray(coil_images)
     return np.sqrt(np.sum(np.abs(c) ** 2, axis=0)).astype(np.float32)
+
+
+def list_files(
+    root: str | Path | Sequence[str | Path], what: str, suffixes: tuple[str, ...]
+) -> list[Path]:
+    """Files named by ``root``: one file, a directory (``suffixes``, recursively) or a list of files (sorted)."""
+    if isinstance(root, (str, Path)):
+        p = Path(root)
+        if not p.exists():
+            raise FileNotFoundError(f"{what}: {p} does not exist (expected a directory of HDF5 files or one file)")
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
+            if not files:
+                raise ValueError(f"{what}: no {' / '.join('*' + x for x in suffixes)} files under {p}")
+            return files
+        return [p]
+    files = [Path(f) for f in root]
+    if not files:
+        raise ValueError(f"{what}: empty list of files")
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{what}: {f} does not exist or is not a file")
+    return sorted(files)
+
+
+def site_of(path: Path, site: str | Mapping[str, str], what: str) -> str:
+    """The site of ``path``: ``site`` itself, or its entry (by file name, stem or path) in a mapping."""
+    if isinstance(site, str):
+        return site
+    for key in (path.name, path.stem, str(path)):
+        if key in site:
+            return str(site[key])
+    raise ValueError(f"{what}: {path} has no entry in the site mapping (keys are file names or stems)")
 
 
 class FileEntry(Protocol):
@@ -50,7 +83,14 @@ class FileEntry(Protocol):
     def num_slices(self) -> int: ...
 
 
-E = TypeVar("E")
+class _Entry(Protocol):
+    """What every entry of an :class:`IndexedSource` has."""
+
+    @property
+    def subject(self) -> str: ...
+
+
+E = TypeVar("E", bound=_Entry)
 F = TypeVar("F", bound=FileEntry)
 
 

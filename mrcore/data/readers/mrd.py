@@ -35,20 +35,22 @@ Conventions and decisions
 
 from __future__ import annotations
 
-import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import ismrmrd
-import ismrmrd.xsd
 import numpy as np
 
+from mrcore.contrast import contrast_from_header, contrast_from_protocol, contrast_from_sequence
 from mrcore.data.base import CONTRASTS, KSpaceSlice
-from mrcore.data.readers.fastmri import FASTMRI_ACQUISITIONS, _list_h5, _site_of
-from mrcore.data.readers.indexed import IndexedFileSource
+from mrcore.data.readers.indexed import IndexedFileSource, list_files, site_of
 from mrcore.validate import as_array, check_choice, check_complex, check_finite, check_ndim
+
+with warnings.catch_warnings():  # ismrmrd.image calls warnings.simplefilter("default") for the whole process
+    import ismrmrd
+    import ismrmrd.xsd
 
 __all__ = [
     "MRDSource",
@@ -56,6 +58,7 @@ __all__ = [
     "contrast_from_header",
     "contrast_from_protocol",
     "contrast_from_sequence",
+    "read_header",
     "write_mrd",
 ]
 
@@ -82,78 +85,6 @@ def _bit(flag: int) -> int:
 _SKIP_MASK = 0
 for _f in SKIPPED_FLAGS:
     _SKIP_MASK |= _bit(_f)
-
-
-# --------------------------------------------------------------------------------------------------
-# contrast heuristics
-# --------------------------------------------------------------------------------------------------
-def contrast_from_protocol(name: str | None) -> str | None:
-    """Contrast suggested by a protocol / series name, or ``None``.
-
-    Order: FLAIR (``flair``, ``dark fluid``, ``tirm``; but ``t1`` + ``flair`` is T1-FLAIR, T1w), then the
-    fastMRI acquisition table (``AXT2``...),
-    then T1w (``t1``, ``mprage``, ``spgr``, ``tfl``, ``bravo``), T2w (``t2``), PD (``pd``, ``proton``).
-    """
-    if not name:
-        return None
-    n = str(name).strip().lower()
-    if re.search(r"flair|dark[ _-]?fluid|tirm", n):
-        return "T1w" if "t1" in n else "FLAIR"  # T1-FLAIR is T1-weighted
-    fast = FASTMRI_ACQUISITIONS.get(n.upper().split("_", 1)[0])
-    if fast is not None:
-        return fast
-    if re.search(r"t1|mp-?rage|mp2rage|spgr|tfl|bravo", n):
-        return "T1w"
-    if "t2" in n:
-        return "T2w"
-    if re.search(r"pd|proton", n):
-        return "PD"
-    return None
-
-
-def _first(values) -> float | None:
-    if values is None:
-        return None
-    if isinstance(values, (list, tuple)):
-        return float(values[0]) if values else None
-    return float(values)
-
-
-def contrast_from_sequence(tr_ms: float | None, te_ms: float | None, ti_ms: float | None) -> str | None:
-    """Contrast suggested by TR/TE/TI in milliseconds (ISMRMRD units), or ``None`` when ambiguous.
-
-    TI > 1500 -> FLAIR; 300 <= TI <= 1500 with TE < 30 -> T1w (MPRAGE-like); TR < 1000 with TE < 30 -> T1w;
-    TR >= 1500 with TE >= 60 -> T2w; TR >= 1500 with TE <= 40 -> PD.
-    """
-    if ti_ms is not None and ti_ms > 1500:
-        return "FLAIR"
-    if te_ms is None:
-        return None
-    if ti_ms is not None and 300 <= ti_ms <= 1500 and te_ms < 30:
-        return "T1w"
-    if tr_ms is None:
-        return None
-    if tr_ms < 1000 and te_ms < 30:
-        return "T1w"
-    if tr_ms >= 1500 and te_ms >= 60:
-        return "T2w"
-    if tr_ms >= 1500 and te_ms <= 40:
-        return "PD"
-    return None
-
-
-def contrast_from_header(header) -> str | None:
-    """Contrast from a parsed ``ismrmrd.xsd.ismrmrdHeader``: protocol/series name, then TR/TE/TI; else ``None``."""
-    mi = getattr(header, "measurementInformation", None)
-    if mi is not None:
-        for name in (getattr(mi, "protocolName", None), getattr(mi, "seriesDescription", None)):
-            c = contrast_from_protocol(name)
-            if c is not None:
-                return c
-    sp = getattr(header, "sequenceParameters", None)
-    if sp is not None:
-        return contrast_from_sequence(_first(sp.TR), _first(sp.TE), _first(sp.TI))
-    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,7 +269,9 @@ class _MRDFile:
         return len(self.slices)
 
 
-def _read_header(path: Path, dataset: str):
+def read_header(path: Path, dataset: str = "dataset"):
+    """(parsed ``ismrmrd.xsd.ismrmrdHeader``, number of acquisitions) of an MRD file; ValueError naming what is
+    missing when it is not one."""
     try:
         ds = ismrmrd.Dataset(str(path), dataset, create_if_needed=False, mode="r")
     except OSError as e:
@@ -350,7 +283,7 @@ def _read_header(path: Path, dataset: str):
             raise ValueError(f"{path}: no MRD XML header ('/{dataset}/xml'); expected an ISMRMRD file") from None
         try:
             header = ismrmrd.xsd.CreateFromDocument(xml)
-        except Exception as e:  # xsdata raises several parser errors
+        except Exception as e:  # noqa: BLE001 - xsdata raises several parser errors
             raise ValueError(f"{path}: the MRD XML header does not parse ({e.__class__.__name__})") from None
         try:
             n = ds.number_of_acquisitions()
@@ -408,10 +341,10 @@ class MRDSource(IndexedFileSource[_MRDFile]):
         self._crop_readout = bool(crop_readout)
 
         files: list[_MRDFile] = []
-        for path in _list_h5(root, what, _SUFFIXES):
+        for path in list_files(root, what, _SUFFIXES):
             if not h5py.is_hdf5(path):
                 raise ValueError(f"{path}: not an HDF5 file (expected an MRD/ISMRMRD file)")
-            f = self._inspect(path, _site_of(path, site, what), contrast, contrast_from_header)
+            f = self._inspect(path, site_of(path, site, what), contrast, contrast_from_header)
             if contrasts is None or f.contrast in contrasts:
                 files.append(f)
         if not files:
@@ -421,7 +354,7 @@ class MRDSource(IndexedFileSource[_MRDFile]):
 
     # --- construction --------------------------------------------------------------------------
     def _inspect(self, path: Path, site: str, contrast: str | None, from_header: bool) -> _MRDFile:
-        header, n_acq = _read_header(path, self._dataset)
+        header, n_acq = read_header(path, self._dataset)
         if not header.encoding:
             raise ValueError(f"{path}: the MRD header has no <encoding>")
         enc = header.encoding[0]

@@ -108,7 +108,7 @@ def _load(path: Path):
         img = nib.load(str(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist") from None
-    except Exception as e:  # nibabel raises ImageFileError and others for non-NIfTI files
+    except Exception as e:  # noqa: BLE001 - nibabel raises ImageFileError and others for non-NIfTI files
         raise ValueError(f"{path}: not a readable NIfTI volume ({e.__class__.__name__})") from None
     return _squeeze3(img, path)
 
