@@ -113,3 +113,43 @@ def estimate_coil_maps(kspace: np.ndarray, calib_width: int = 24, threshold: flo
     app = sigpy.mri.app.EspiritCalib(k.astype(np.complex64, copy=False), calib_width=calib_width, thresh=threshold,
                                      kernel_width=_KERNEL_WIDTH, crop=crop, max_iter=max_iter, show_pbar=False)
     return np.asarray(app.run()).astype(np.complex64, copy=False)
+
+
+def compress_coils(kspace: np.ndarray, num_virtual: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """SVD coil compression (Buehrer et al. MRM 2007; Huang et al. MRI 2008) to at most ``num_virtual`` coils.
+
+    The acquired samples of every coil form a matrix ``Y [coils, samples]``; the virtual coils are
+    ``U_v^H y`` with ``U_v`` the ``num_virtual`` dominant left singular vectors of ``Y`` (eigenvectors of the
+    coil covariance ``Y Y^H``). The projection is unitary onto that subspace, so the virtual coils are the exact
+    measurements of virtual coil sensitivities ``U_v^H S`` and data consistency stays exact; what is dropped is
+    the least energy (mostly noise) the coils carry. With ``coils <= num_virtual`` the k-space is returned
+    unchanged.
+
+    Parameters
+    ----------
+    kspace : complex [coils, ky, kx]
+    num_virtual : int >= 1
+    mask : real [ky, kx] or None
+        The acquired samples (non-zero); ``None``: every non-zero sample of any coil.
+
+    Returns
+    -------
+    complex64 [min(coils, num_virtual), ky, kx]
+    """
+    k = as_array("kspace", kspace)
+    check_complex("kspace", k, "[coils, ky, kx]")
+    check_ndim("kspace", k, 3, "[coils, ky, kx]")
+    check_finite("kspace", k)
+    num_virtual = _check_int("num_virtual", num_virtual, 1)
+    k = k.astype(np.complex64, copy=False)
+    if k.shape[0] <= num_virtual:
+        return k
+    acquired = (np.abs(k).sum(axis=0) > 0) if mask is None else (np.asarray(mask) != 0)
+    if acquired.shape != k.shape[1:]:
+        raise ValueError(f"mask must be [ky, kx] = {list(k.shape[1:])}, got {list(acquired.shape)}")
+    samples = k[:, acquired].astype(np.complex128)  # [coils, n]
+    if samples.shape[1] == 0:
+        raise ValueError("kspace has no acquired sample to compress coils from")
+    _, vectors = np.linalg.eigh(samples @ samples.conj().T)  # ascending eigenvalues
+    basis = vectors[:, ::-1][:, :num_virtual]  # [coils, num_virtual]
+    return np.einsum("cv,cyx->vyx", basis.conj(), k).astype(np.complex64)

@@ -2,12 +2,15 @@
 
 ``fft2c(x) = fftshift(fft2(ifftshift(x), norm="ortho"))``, the convention of fastMRI's ``fftc`` and of
 SigPy's ``sigpy.fft`` (``center=True, norm="ortho"``). Every other module calls these two functions;
-the torch twins in :mod:`mrcore.torch_ops` implement the same convention.
+the torch twins in :mod:`mrcore.torch_ops` implement the same convention. The transforms run in
+``scipy.fft`` (single precision stays single precision; several times faster than ``numpy.fft``, which
+computes in double precision).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 
 _AXES = (-2, -1)
 
@@ -25,7 +28,7 @@ def fft2c(image: np.ndarray) -> np.ndarray:
     complex64 [..., ky, kx] (complex128 if the input was double precision); DC at index ``(n // 2)``.
     """
     x = np.asarray(image)
-    out = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=_AXES), axes=_AXES, norm="ortho"), axes=_AXES)
+    out = np.fft.fftshift(scipy.fft.fft2(np.fft.ifftshift(x, axes=_AXES), axes=_AXES, norm="ortho"), axes=_AXES)
     return out.astype(_complex_dtype(x), copy=False)
 
 
@@ -41,7 +44,7 @@ def ifft2c(kspace: np.ndarray) -> np.ndarray:
     complex64 [..., y, x] (complex128 for double-precision input).
     """
     k = np.asarray(kspace)
-    out = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=_AXES), axes=_AXES, norm="ortho"), axes=_AXES)
+    out = np.fft.fftshift(scipy.fft.ifft2(np.fft.ifftshift(k, axes=_AXES), axes=_AXES, norm="ortho"), axes=_AXES)
     return out.astype(_complex_dtype(k), copy=False)
 
 

@@ -163,8 +163,12 @@ class PoissonDiscMask:
     seeds). Supports ``acceleration >= 2`` (denser Poisson-disc sampling is not attainable).
     """
 
-    def __init__(self, acceleration: float, calib: tuple[int, int] = (20, 20)) -> None:
+    def __init__(self, acceleration: float, calib: tuple[int, int] = (20, 20),
+                 tolerance: float = _POISSON_TOLERANCE) -> None:
         self.acceleration = _check_acceleration(acceleration)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+            raise ValueError(f"tolerance must be a number in (0, 1), got {tolerance!r}")
+        self.tolerance: float = float(tolerance)
         if self.acceleration < POISSON_MIN_ACCELERATION:
             raise ValueError(
                 f"acceleration must be >= {POISSON_MIN_ACCELERATION} for Poisson-disc sampling, got {acceleration!r}"
@@ -210,12 +214,12 @@ class PoissonDiscMask:
             sub_seed = int(np.random.SeedSequence((seed, attempt)).generate_state(1)[0])
             try:
                 mask = sigpy.mri.poisson(dims, self.acceleration, calib=self.calib, dtype=np.float32,
-                                         seed=sub_seed, tol=0.8 * _POISSON_TOLERANCE * self.acceleration)
+                                         seed=sub_seed, tol=0.8 * self.tolerance * self.acceleration)
             except ValueError:
                 continue
             mask = (np.asarray(mask).real > 0).astype(np.float32)
             mask[_centre_block(dims[0], self.calib[0]), _centre_block(dims[1], self.calib[1])] = 1
-            if abs(size / mask.sum() - self.acceleration) <= _POISSON_TOLERANCE * self.acceleration:
+            if abs(size / mask.sum() - self.acceleration) <= self.tolerance * self.acceleration:
                 return mask
         raise ValueError(f"could not generate a Poisson-disc mask of acceleration {self.acceleration} for shape {dims}")
 

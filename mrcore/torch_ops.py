@@ -155,17 +155,58 @@ def _centred_dft(n, like: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, to
     return torch.cos(angle) * scale, torch.sin(angle) * (sign * scale)
 
 
+def _rows_matmul(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` over the second-last axis: ``a [N, N]``, ``x [..., N, W]``.
+
+    One 2-D product on a transposed copy, never a broadcasting ``matmul``: inside an exported
+    ``torch.cond`` branch the broadcasting form fails to convert to ONNX (``aten.sym_stride``).
+    """
+    shape = x.shape
+    n, w = shape[-2], shape[-1]
+    flat = x.reshape(-1, n, w).transpose(0, 1).reshape(n, -1)  # [N, rest * W]
+    return torch.matmul(a, flat).reshape(n, -1, w).transpose(0, 1).reshape(shape)
+
+
+def _cols_matmul(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``x @ a`` over the last axis: ``x [B, ..., N]`` with ``a [N, N]``, or ``a [B, N, N]`` per batch entry."""
+    shape = x.shape
+    n = shape[-1]
+    if a.dim() == 2:
+        return torch.matmul(x.reshape(-1, n), a).reshape(shape)
+    return torch.bmm(x.reshape(a.shape[0], -1, n), a).reshape(shape)
+
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def _complex_rows(a: Pair, x: Pair) -> Pair:
+    """``a @ x`` along the second-last axis of complex ``x`` (pairs of real tensors; three real products)."""
+    t1, t2 = _rows_matmul(a[0], x[0]), _rows_matmul(a[1], x[1])
+    t3 = _rows_matmul(a[0] + a[1], x[0] + x[1])
+    return t1 - t2, t3 - t1 - t2
+
+
+def _complex_cols(x: Pair, a: Pair) -> Pair:
+    """``x @ a`` along the last axis of complex ``x`` (pairs of real tensors; three real products)."""
+    t1, t2 = _cols_matmul(x[0], a[0]), _cols_matmul(x[1], a[1])
+    t3 = _cols_matmul(x[0] + x[1], a[0] + a[1])
+    return t1 - t2, t3 - t1 - t2
+
+
+def dft2_pair(x: Pair, inverse: bool = False) -> Pair:
+    """Centred orthonormal 2-D DFT of a complex ``(real, imag)`` pair of tensors ``[..., H, W]``.
+
+    The same transform as :func:`fft2c` (``backend="matmul"``), on the layout that keeps real and imaginary
+    parts in separate contiguous tensors (no strided ``[..., 2]`` slicing in an exported graph).
+    """
+    h = _centred_dft(x[0].shape[-2], x[0], inverse)
+    w = _centred_dft(x[0].shape[-1], x[0], inverse)
+    return _complex_cols(_complex_rows(h, x), w)  # F_H X F_W (F_W is symmetric)
+
+
 def _fft_matmul(x: torch.Tensor, inverse: bool) -> torch.Tensor:
-    h_re, h_im = _centred_dft(x.shape[-3], x, inverse)
-    w_re, w_im = _centred_dft(x.shape[-2], x, inverse)
-    xr, xi = x[..., 0], x[..., 1]
-    # rows: F_H @ X
-    yr = torch.matmul(h_re, xr) - torch.matmul(h_im, xi)
-    yi = torch.matmul(h_re, xi) + torch.matmul(h_im, xr)
-    # columns: Y @ F_W (F_W is symmetric)
-    zr = torch.matmul(yr, w_re) - torch.matmul(yi, w_im)
-    zi = torch.matmul(yr, w_im) + torch.matmul(yi, w_re)
-    return torch.stack((zr, zi), dim=-1)
+    re, im = dft2_pair((x[..., 0], x[..., 1]), inverse)
+    return torch.stack((re, im), dim=-1)
 
 
 def fft2c(x: torch.Tensor, backend: str = "torch") -> torch.Tensor:
@@ -257,3 +298,85 @@ def sense_adjoint(kspace: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor |
     if mask is not None:
         kspace = kspace * mask
     return sense_reduce(ifft2c(kspace, backend=backend), maps)
+
+
+# --- normal (Gram) operator A^H A of SENSE for line masks -------------------------------------------
+def line_projector(profile: torch.Tensor) -> Pair:
+    """``P = F^H diag(m) F`` for the centred orthonormal 1-D DFT ``F`` and a sampling profile ``m``.
+
+    ``P`` is Hermitian and circulant: ``P[i, j] = q[(i - j) mod N]`` with
+    ``q[d] = (1/N) sum_k m_k exp(2 pi i (k - N//2) d / N)``, so it is built from one matrix-vector product
+    and a gather (no ``N^3`` work). Applied along the phase-encode axis of an image it is exactly
+    ``ifft2c(M * fft2c(.))`` for a line mask ``M`` sampling the lines ``m`` (the read-out DFT pair cancels).
+
+    Parameters
+    ----------
+    profile : float [B, N]
+        Sampling profile along one axis, 1 where a line is sampled.
+
+    Returns
+    -------
+    (real, imag) : float [B, N, N] each
+    """
+    if profile.dim() != 2:
+        raise ValueError(f"profile must be [B, N], got {tuple(profile.shape)}")
+    n = profile.shape[-1]
+    arange = torch.arange(n, device=profile.device, dtype=torch.int64)
+    size = torch.ones_like(arange).sum()
+    k = arange - torch.div(size, 2, rounding_mode="floor")
+    phase = torch.remainder(k[:, None] * arange[None, :], size).to(profile.dtype)  # [k, d], exact integers
+    angle = phase * (2 * math.pi) / size.to(profile.dtype)
+    inv_n = 1.0 / size.to(profile.dtype)
+    q_re = torch.matmul(profile, torch.cos(angle)) * inv_n  # [B, d]
+    q_im = torch.matmul(profile, torch.sin(angle)) * inv_n
+    diff = torch.remainder(arange[:, None] - arange[None, :], size)  # [i, j] -> (i - j) mod N
+    return q_re[:, diff], q_im[:, diff]
+
+
+def expand_pair(image: Pair, maps: Pair) -> Pair:
+    """Coil images ``S_c x``: image ``[B, H, W]`` pair, maps ``[B, C, H, W]`` pair -> ``[B, C, H, W]`` pair."""
+    xr, xi = image[0].unsqueeze(1), image[1].unsqueeze(1)
+    return maps[0] * xr - maps[1] * xi, maps[0] * xi + maps[1] * xr
+
+
+def reduce_pair(coils: Pair, maps: Pair) -> Pair:
+    """Coil combination ``sum_c conj(S_c) y_c``: ``[B, C, H, W]`` pairs -> ``[B, H, W]`` pair."""
+    re = (maps[0] * coils[0] + maps[1] * coils[1]).sum(dim=1)
+    im = (maps[0] * coils[1] - maps[1] * coils[0]).sum(dim=1)
+    return re, im
+
+
+def gram_lines_pair(image: Pair, maps: Pair, projector: Pair) -> Pair:
+    """``A^H A x = sum_c conj(S_c) (S_c x) P^T`` for a line mask sampling columns (phase encoding along W).
+
+    image : ``[B, H, W]`` pair; maps : ``[B, C, H, W]`` pair; projector : ``[B, W, W]`` pair from
+    :func:`line_projector`. For a mask sampling rows, apply it to the transposed image and maps.
+    """
+    p_t = (projector[0], -projector[1])  # P^T = conj(P): P is Hermitian
+    return reduce_pair(_complex_cols(expand_pair(image, maps), p_t), maps)
+
+
+def gram_lines(image: torch.Tensor, maps: torch.Tensor, projector: Pair, axis: int) -> torch.Tensor:
+    """``A^H A x`` for a Cartesian line mask, ``P`` from :func:`line_projector` (``[..., 2]`` layout).
+
+    Parameters
+    ----------
+    image : float [B, H, W, 2]
+    maps : float [B, C, H, W, 2]
+    projector : (real, imag) float [B, N, N] with ``N = H`` for ``axis=-2`` (rows sampled), ``N = W`` for ``axis=-1``
+    axis : -2 | -1  the phase-encode axis the mask samples
+
+    Returns
+    -------
+    float [B, H, W, 2]; equals ``sense_adjoint(sense_forward(x, maps, M), maps, M)`` for the line mask ``M``.
+    """
+    if axis not in (-2, -1):
+        raise ValueError(f"axis must be -2 or -1, got {axis!r}")
+    x, s = (image[..., 0], image[..., 1]), (maps[..., 0], maps[..., 1])
+    if axis == -2:
+        x = (x[0].transpose(-1, -2), x[1].transpose(-1, -2))
+        s = (s[0].transpose(-1, -2), s[1].transpose(-1, -2))
+    re, im = gram_lines_pair(x, s, projector)
+    if axis == -2:
+        re, im = re.transpose(-1, -2), im.transpose(-1, -2)
+    return torch.stack((re, im), dim=-1)

@@ -87,3 +87,31 @@ def test_simulate_validation():
         simulate_coil_maps((32, 32), 4, phase_order=-1)
     with pytest.raises(ValueError, match="seed must be"):
         simulate_coil_maps((32, 32), 4, seed=1.5)
+
+
+def test_compress_coils_keeps_the_dominant_subspace_and_exact_data_consistency():
+    from mrcore.coils import compress_coils
+    from mrcore.fft import fft2c
+
+    rng = np.random.default_rng(0)
+    maps = simulate_coil_maps((40, 36), 12, seed=1)
+    image = rng.random((40, 36)) * np.exp(1j * rng.random((40, 36)))
+    kspace = fft2c(maps * image).astype(np.complex64)
+    mask = np.zeros((40, 36), np.float32)
+    mask[::3] = 1
+    mask[16:24] = 1
+    out = compress_coils(kspace * mask, 6, mask)
+    assert out.shape == (6, 40, 36) and out.dtype == np.complex64
+    # a unitary projection onto the dominant coil subspace: it keeps exactly the energy of the 6 largest
+    # singular values of the [coils, samples] matrix, the most any 6 coil combinations can keep
+    acquired = (kspace * mask)[:, mask != 0]
+    singular = np.linalg.svd(acquired, compute_uv=False)
+    kept = (np.abs(out) ** 2).sum() / (np.abs(acquired) ** 2).sum()
+    assert kept == pytest.approx((singular[:6] ** 2).sum() / (singular**2).sum(), rel=1e-4)
+    assert np.all(out[:, mask == 0] == 0)  # unsampled samples stay unsampled
+    # few coils pass through untouched
+    assert np.array_equal(compress_coils(kspace[:4], 6), kspace[:4])
+    with pytest.raises(ValueError, match="num_virtual"):
+        compress_coils(kspace, 0)
+    with pytest.raises(ValueError, match="mask"):
+        compress_coils(kspace, 4, mask[:10])
