@@ -22,6 +22,26 @@ def l1_loss(pred_mag: torch.Tensor, target_mag: torch.Tensor) -> torch.Tensor:
     return (pred_mag - target_mag).abs().mean()
 
 
+def ssim_loss(pred_mag: torch.Tensor, target_mag: torch.Tensor, window: int = 7, k1: float = 0.01,
+              k2: float = 0.03) -> torch.Tensor:
+    """``1 - SSIM`` of magnitude images ``[B, H, W]``, fastMRI's ``SSIMLoss`` (uniform ``window x window``
+    window, sample covariance, data range = each target's maximum), averaged over pixels and batch."""
+    if pred_mag.shape != target_mag.shape or pred_mag.dim() != 3:
+        raise ValueError(f"ssim_loss: expected two [B, H, W] tensors, got {tuple(pred_mag.shape)} and "
+                         f"{tuple(target_mag.shape)}")
+    x, y = pred_mag.unsqueeze(1), target_mag.unsqueeze(1)
+    data_range = target_mag.flatten(1).amax(dim=1).reshape(-1, 1, 1, 1)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    w = torch.ones(1, 1, window, window, dtype=x.dtype, device=x.device) / window**2
+    n = window**2
+    cov_norm = n / (n - 1)
+    ux, uy = torch.nn.functional.conv2d(x, w), torch.nn.functional.conv2d(y, w)
+    uxx, uyy, uxy = (torch.nn.functional.conv2d(t, w) for t in (x * x, y * y, x * y))
+    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return 1 - s.mean()
+
+
 def gradient_penalty(
     critic: nn.Module,
     real: torch.Tensor,

@@ -30,8 +30,10 @@ from .synthesis import (
     UNetSynthesisGenerator,
     build_synthesis_generator,
 )
+from .unrolled_fast import FastUnrolledGenerator
 
 GENERATORS: dict[str, type[nn.Module]] = {
+    "unrolled_fast": FastUnrolledGenerator,
     "unrolled": UnrolledGenerator,
     "plain": PlainGenerator,
     "unet": UNetGenerator,
@@ -46,8 +48,9 @@ def _checked_kwargs(cls: type, what: str, kwargs: dict) -> None:
 
 
 def build_generator(name: str, **kwargs) -> nn.Module:
-    """Generator by name: ``'unrolled'`` (:class:`UnrolledGenerator`), ``'plain'`` (:class:`PlainGenerator`)
-    or ``'unet'`` (:class:`UNetGenerator`); ``kwargs`` go to the constructor."""
+    """Generator by name: ``'unrolled_fast'`` (:class:`FastUnrolledGenerator`, the v2 served model),
+    ``'unrolled'`` (:class:`UnrolledGenerator`), ``'plain'`` (:class:`PlainGenerator`) or ``'unet'``
+    (:class:`UNetGenerator`); ``kwargs`` go to the constructor."""
     try:
         cls = GENERATORS[name]
     except KeyError:
@@ -72,6 +75,7 @@ __all__ = [
     "UNetSynthesisGenerator",
     "build_synthesis_generator",
     "DomainIdentifier",
+    "FastUnrolledGenerator",
     "PlainGenerator",
     "ResidualBlock",
     "ResidualCNN",
