@@ -156,24 +156,24 @@ def _centred_dft(n, like: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, to
 
 
 def _rows_matmul(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``a @ x`` over the second-last axis: ``a [N, N]``, ``x [..., N, W]``.
+    """``a @ x`` over the second-last axis: ``a [M, N]``, ``x [..., N, W]`` -> ``[..., M, W]``.
 
     One 2-D product on a transposed copy, never a broadcasting ``matmul``: inside an exported
     ``torch.cond`` branch the broadcasting form fails to convert to ONNX (``aten.sym_stride``).
     """
-    shape = x.shape
-    n, w = shape[-2], shape[-1]
+    n, w = x.shape[-2], x.shape[-1]
+    m = a.shape[0]
     flat = x.reshape(-1, n, w).transpose(0, 1).reshape(n, -1)  # [N, rest * W]
-    return torch.matmul(a, flat).reshape(n, -1, w).transpose(0, 1).reshape(shape)
+    out = torch.matmul(a, flat).reshape(m, -1, w).transpose(0, 1)  # [rest, M, W]
+    return out.reshape(*x.shape[:-2], m, w)
 
 
 def _cols_matmul(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``x @ a`` over the last axis: ``x [B, ..., N]`` with ``a [N, N]``, or ``a [B, N, N]`` per batch entry."""
-    shape = x.shape
-    n = shape[-1]
+    """``x @ a`` over the last axis: ``x [B, ..., N]`` with ``a [N, M]``, or ``a [B, N, M]`` per batch entry."""
+    n, m = x.shape[-1], a.shape[-1]
     if a.dim() == 2:
-        return torch.matmul(x.reshape(-1, n), a).reshape(shape)
-    return torch.bmm(x.reshape(a.shape[0], -1, n), a).reshape(shape)
+        return torch.matmul(x.reshape(-1, n), a).reshape(*x.shape[:-1], m)
+    return torch.bmm(x.reshape(a.shape[0], -1, n), a).reshape(*x.shape[:-1], m)
 
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -202,6 +202,38 @@ def dft2_pair(x: Pair, inverse: bool = False) -> Pair:
     h = _centred_dft(x[0].shape[-2], x[0], inverse)
     w = _centred_dft(x[0].shape[-1], x[0], inverse)
     return _complex_cols(_complex_rows(h, x), w)  # F_H X F_W (F_W is symmetric)
+
+
+def _band_idft_matrix(n, band: int, like: torch.Tensor) -> tuple[Pair, torch.Tensor]:
+    """Columns of the centred orthonormal inverse DFT for the ``band`` central frequencies of an axis of ``n``.
+
+    Returns ``((real, imag) [n, band], index [band])``: ``index`` is each column's k-space index (clamped into
+    ``[0, n)``); columns whose frequency falls outside the axis (``n < band``) are zero.
+    """
+    arange = torch.arange(n, device=like.device, dtype=torch.int64)
+    size = torch.ones_like(arange).sum()
+    centre = torch.div(size, 2, rounding_mode="floor")
+    k = torch.arange(band, device=like.device, dtype=torch.int64) - band // 2 + centre  # k-space indices
+    valid = ((k >= 0) & (k < size)).to(like.dtype)
+    freq = k - centre
+    phase = torch.remainder((arange - centre)[:, None] * freq[None, :], size).to(like.dtype)
+    angle = phase * (2 * math.pi) / size.to(like.dtype)
+    scale = torch.rsqrt(size.to(like.dtype)) * valid
+    return (torch.cos(angle) * scale, torch.sin(angle) * scale), torch.clamp(k, torch.zeros_like(size), size - 1)
+
+
+def centre_band_idft2_pair(x: Pair, band: int = 64) -> Pair:
+    """Inverse centred DFT of the central ``band x band`` block of k-space ``x`` ``[..., H, W]`` (pairs), exact.
+
+    Equals ``dft2_pair(x * box, inverse=True)`` for the box of the ``band`` central frequencies along each axis
+    (the whole axis where it is shorter), at a fraction of the cost: ``H band^2 + H band W`` products per image
+    instead of ``H^2 W + H W^2``. Used for low-resolution coil images (coil maps).
+    """
+    (hr, hi), hk = _band_idft_matrix(x[0].shape[-2], band, x[0])
+    (wr, wi), wk = _band_idft_matrix(x[0].shape[-1], band, x[0])
+    sub = tuple(t.index_select(-2, hk).index_select(-1, wk) for t in x)  # [..., band, band]
+    rows = _complex_rows((hr, hi), (sub[0], sub[1]))  # [..., H, band]: F_H^H[:, band] @ Y
+    return _complex_cols(rows, (wr.transpose(0, 1), wi.transpose(0, 1)))  # @ F_W^H[band, :]
 
 
 def _fft_matmul(x: torch.Tensor, inverse: bool) -> torch.Tensor:

@@ -257,3 +257,14 @@ def test_dft2_pair_matches_numpy(shape):
     for inverse, ref in ((False, npfft.fft2c(a)), (True, npfft.ifft2c(a))):
         re, im = ops.dft2_pair((t[..., 0], t[..., 1]), inverse=inverse)
         assert _rel(re.numpy() + 1j * im.numpy(), ref) < 1e-12
+
+
+@pytest.mark.parametrize(("hw", "band"), [((100, 70), 64), ((40, 33), 64), ((17, 90), 16)])
+def test_centre_band_idft_is_the_inverse_dft_of_the_central_block(hw, band):
+    h, w = hw
+    a = _cplx((2, 3, h, w), 9, np.complex128)
+    box = np.zeros((h, w))
+    box[max(0, h // 2 - band // 2): h // 2 - band // 2 + band, max(0, w // 2 - band // 2): w // 2 - band // 2 + band] = 1
+    t = ops.from_complex_numpy(a, torch.float64)
+    re, im = ops.centre_band_idft2_pair((t[..., 0], t[..., 1]), band)
+    assert _rel(re.numpy() + 1j * im.numpy(), npfft.ifft2c(a * box)) < 1e-12

@@ -42,6 +42,9 @@ class ServableModel:
     parity_cases : ``(label, inputs)`` pairs of numpy inputs on which ONNX Runtime must match PyTorch
         (fresh random data, real data, a non-power-of-two shape).
     card : extra model-card fields (training data, metrics, privacy budget, ...).
+    parameters : Triton model-config parameters the serving client reads (e.g. ``{"virtual_coils": "8"}``).
+    all_versions : keep every version of the model loaded (Triton's ``version_policy: { all { } }``) so that a
+        request can pin an older one; otherwise only the latest is served.
     """
 
     name: str
@@ -53,6 +56,8 @@ class ServableModel:
     dynamic: dict[str, dict[int, object]]
     parity_cases: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)
     card: dict = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+    all_versions: bool = False
 
     def __post_init__(self) -> None:
         if len(self.example) != len(self.inputs):

@@ -50,11 +50,12 @@ def config_text(model: ServableModel, gpu: bool) -> str:
     text = head + f"max_batch_size: {MAX_BATCH_SIZE}\n" + _tensors("input", model.inputs) + _tensors("output", model.outputs)
     text += f"instance_group [\n  {{\n    count: 1\n    kind: {'KIND_GPU' if gpu else 'KIND_CPU'}\n  }}\n]\n"
     text += f"dynamic_batching {{\n  max_queue_delay_microseconds: {QUEUE_DELAY_US}\n}}\n"
-    text += "version_policy: { latest: { num_versions: 1 } }\n"
+    text += "version_policy: { all { } }\n" if model.all_versions else "version_policy: { latest: { num_versions: 1 } }\n"
+    params = dict(model.parameters)
     if not gpu:
-        params = {"intra_op_threads": "0", "device": "cpu", "EXECUTION_ENV_PATH": EXECUTION_ENV}
-        for key, value in params.items():
-            text += f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
+        params.update({"intra_op_threads": "0", "device": "cpu", "EXECUTION_ENV_PATH": EXECUTION_ENV})
+    for key, value in params.items():
+        text += f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}\n'
     return text
 
 

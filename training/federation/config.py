@@ -24,6 +24,14 @@ class FederationConfig:
             raise ConfigError("federation.rounds and federation.local_epochs must be >= 1")
 
 
+def linear_lr_factor(server_round: int, rounds: int, final: float) -> float:
+    """Learning-rate factor of ``server_round`` (1-based) of ``rounds``: linear from 1 to ``final``."""
+    if rounds <= 1:
+        return 1.0
+    t = min(max(server_round - 1, 0), rounds - 1) / (rounds - 1)
+    return 1.0 + t * (final - 1.0)
+
+
 def check_device(device: str) -> None:
     """ConfigError unless ``device`` is 'cpu', 'cuda' or 'cuda:N'."""
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):

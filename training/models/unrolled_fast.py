@@ -15,8 +15,9 @@ What it does, in order:
    ``s``; nothing inside depends on the absolute scale, so ``G(a k) = a G(k)`` for any ``a > 0`` up to
    float rounding.
 2. **Coil maps without learning.** ``S_c = x_c / sqrt(sum_c |x_c|^2 + eps)`` with ``x_c`` the coil images of
-   the calibration block (the classic low-resolution estimate that ESPIRiT refines). There is no coil-map
-   network: v1's learned one was what broke on real scanners' coils and cost most of its time.
+   the calibration block, at most :data:`MAPS_BAND` central frequencies per axis (the classic low-resolution
+   estimate that ESPIRiT refines). There is no coil-map network: v1's learned one was what broke on real
+   scanners' coils and cost most of its time.
 3. **Unrolled cascades** (Lei et al.): ``x <- x - mu_k (A^H A x - A^H y)``, then ``x <- x + CNN_k(x)`` with a
    small U-Net per cascade whose input is scaled by its own RMS.
 4. **Exact, cheap data consistency.** For Cartesian line masks (the mask constant along one axis, as in every
@@ -43,6 +44,10 @@ from mrcore.torch_ops import Pair
 
 from .recon import StepSize
 from .sensitivity import calibration_mask
+
+#: Coil maps come from at most this many central k-space frequencies along each axis (the calibration lines
+#: along the phase-encode axis, a low-pass of the read-out): smooth maps at a fraction of a full inverse DFT.
+MAPS_BAND = 48
 
 
 def _branch(pred: torch.Tensor, true_fn, false_fn, operands: tuple):
@@ -184,7 +189,7 @@ class FastUnrolledGenerator(nn.Module):
         scale = torch.sqrt(energy / (h * w))
         scale = torch.where(scale > 0, scale, torch.ones_like(scale)).reshape(b, 1, 1)
         y = (y[0] / scale[:, None], y[1] / scale[:, None])
-        maps = lowres_maps(ops.dft2_pair((y[0] * calib, y[1] * calib), inverse=True))
+        maps = lowres_maps(ops.centre_band_idft2_pair((y[0] * calib, y[1] * calib), MAPS_BAND))
         x0 = ops.reduce_pair(ops.dft2_pair(y, inverse=True), maps)
         rows, cols, row_profile, col_profile = line_profiles(m)
         maps_t = _transpose(maps)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from mrcore.data.base import CONTRASTS
+from mrcore.data.randomize import RandomizationConfig
 from mrcore.data.sources import DataConfig
 from mrcore.masks import MASK_KINDS
 from training.federation.config import FederationConfig, check_device
@@ -27,6 +28,11 @@ class ReconDataConfig:
     site_train_slices: dict = field(default_factory=dict)  # site -> limit, overrides max_train_slices
     pooled: bool = False             # centralized 'Mix' upper bound: the training sites' data pooled in one site
     max_eval_slices: int = 24        # per site, for validation / held-out metrics
+    # Domain randomisation (mrcore.data.randomize): the training sites draw every example from these ranges
+    # instead of reading their phantom slices (the held-out site stays the phantom's, for the phantom table)
+    randomize: RandomizationConfig | None = None
+    train_batches: int = 60          # randomised batches per site and round (each of objective.batch_size)
+    val_batches: int = 8             # fixed randomised validation batches per site
 
     def __post_init__(self) -> None:
         for c in self.contrasts:
@@ -42,6 +48,8 @@ class ReconDataConfig:
             raise ValueError(f"data.heldout_adapt_subjects must be >= 0, got {self.heldout_adapt_subjects}")
         if self.heldout_adapt_subjects and self.heldout_site is None:
             raise ValueError("data.heldout_adapt_subjects needs data.heldout_site (the target site of FL-MRCM)")
+        if self.train_batches < 1 or self.val_batches < 1:
+            raise ValueError("data.train_batches and data.val_batches must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -65,13 +73,20 @@ class MaskConfig:
 class ModelConfig:
     """Generator and critic (Lei et al.)."""
 
-    generator: Literal["unrolled", "plain", "unet"] = "unrolled"
+    generator: Literal["unrolled", "plain", "unet", "unrolled_fast"] = "unrolled"
     num_cascades: int = 3
     chans: int = 32
     num_res_blocks: int = 2
     estimate_maps: bool = True
     sens_chans: int = 8
     critic_input: Literal["magnitude", "complex"] = "magnitude"
+    num_pools: int = 2               # unrolled_fast: U-Net levels per cascade
+    virtual_coils: int = 8           # unrolled_fast: SVD coil compression target (training data and serving client)
+
+    def __post_init__(self) -> None:
+        if self.num_cascades < 0 or self.chans < 1 or self.num_pools < 0 or self.virtual_coils < 1:
+            raise ValueError("model.num_cascades and model.num_pools must be >= 0, model.chans and "
+                             "model.virtual_coils >= 1")
 
 
 @dataclass(frozen=True)
@@ -87,10 +102,17 @@ class ObjectiveConfig:
     pure_l1_batches: int = 500
     ramp_batches: int = 1000
     lambda_max: float = 0.99
+    ssim_weight: float = 0.0         # paired loss: L1 + ssim_weight * (1 - SSIM) (fastMRI's SSIM loss)
+    grad_clip: float = 0.0           # clip the generator's gradient norm (0: off)
+    lr_final: float = 1.0            # the generator's learning rate decays linearly over the rounds to lr_final * lr
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or self.batch_size < 1 or self.critic_steps < 1:
             raise ValueError("objective.lr must be > 0, objective.batch_size and critic_steps >= 1")
+        if self.ssim_weight < 0 or self.grad_clip < 0:
+            raise ValueError("objective.ssim_weight and objective.grad_clip must be >= 0")
+        if not 0 < self.lr_final <= 1:
+            raise ValueError(f"objective.lr_final must be in (0, 1], got {self.lr_final}")
 
 
 @dataclass(frozen=True)
@@ -143,5 +165,5 @@ class ReconRunConfig:
             if not self.data.heldout_adapt_subjects:
                 raise ValueError("mrcm.enabled needs data.heldout_adapt_subjects >= 1: the target site's subjects "
                                  "whose undersampled k-space is aligned to (they are then left out of the held-out metrics)")
-            if self.model.generator == "unet":
-                raise ValueError("mrcm.enabled needs model.generator 'unrolled' or 'plain' (the U-Net exposes no latent features)")
+            if self.model.generator in ("unet", "unrolled_fast"):
+                raise ValueError("mrcm.enabled needs model.generator 'unrolled' or 'plain' (the others expose no latent features)")

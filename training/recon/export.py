@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from mrcore.config import to_dict
 from mrcore.masks import make_mask
 from training.export.spec import ServableModel, TensorSpec
 from training.models import magnitude
@@ -48,9 +49,11 @@ class ReconForServing(nn.Module):
         return image, magnitude(image)
 
 
-def _random_case(rng: np.random.Generator, batch: int, coils: int, ky: int, kx: int, acceleration: float) -> dict:
+def _random_case(rng: np.random.Generator, batch: int, coils: int, ky: int, kx: int, acceleration: float,
+                 kind: str = "random", axis: int = -2) -> dict:
     kspace = rng.standard_normal((batch, coils, ky, kx, 2)).astype(np.float32)
-    masks = [make_mask("random", (ky, kx), acceleration, 0.125, seed=int(rng.integers(1 << 31))) for _ in range(batch)]
+    masks = [make_mask(kind, (ky, kx), acceleration, 0.125, seed=int(rng.integers(1 << 31)), axis=axis)
+             for _ in range(batch)]
     return {"kspace": kspace, "mask": np.stack(masks).astype(np.float32)}
 
 
@@ -74,6 +77,10 @@ def servable_models(family, arrays: dict[str, np.ndarray]) -> list[ServableModel
         (f"{site}-{cfg.data.contrasts[0]}-{ds.shape[0]}x{ds.shape[1]}", real),
         ("random-4coil-97x75", _random_case(rng, 2, 4, 97, 75, 3.0)),
     ]
+    fast = cfg.model.generator == "unrolled_fast"
+    if fast:  # every data-consistency path of the v2 graph, and more coils than it is served with
+        cases += [("columns-16coil-120x97", _random_case(rng, 1, 16, 120, 97, 4.0, axis=-1)),
+                  ("poisson-3coil-64x80", _random_case(rng, 1, 3, 64, 80, 3.0, kind="poisson"))]
     m = cfg.mask
     card = {
         "description": "Federated unrolled reconstruction (Lei et al. generator, FL-MR FedAvg): undersampled "
@@ -81,6 +88,18 @@ def servable_models(family, arrays: dict[str, np.ndarray]) -> list[ServableModel
         "trained_for": {"mask": m.kind, "acceleration": m.acceleration, "center_fraction": m.center_fraction,
                         "contrasts": list(cfg.data.contrasts), "matrix": list(ds.shape), "coils": cfg.data.num_coils},
     }
+    parameters = {}
+    if fast:
+        card["description"] = (
+            "Federated unrolled reconstruction v2 (Lei et al. cascades of soft data consistency and U-Net "
+            "regularisers, FL-MR FedAvg): undersampled multi-coil k-space in, complex image out, in the input's scale. "
+            "Scale-equivariant (normalised by the calibration region's RMS inside the graph); coil maps from the "
+            "calibration region (no learned coil-map network); exact data consistency with a phase-encode projector "
+            "for line masks along either axis, FFTs for 2-D masks; any matrix. The serving client compresses more "
+            f"than {cfg.model.virtual_coils} coils to {cfg.model.virtual_coils} virtual coils (SVD) first.")
+        card["trained_for"] = {"randomized": to_dict(cfg.data.randomize) if cfg.data.randomize else None,
+                               "virtual_coils": cfg.model.virtual_coils}
+        parameters["virtual_coils"] = str(cfg.model.virtual_coils)
     return [ServableModel(
         name=MODEL_NAME,
         task="reconstruction",
@@ -93,4 +112,6 @@ def servable_models(family, arrays: dict[str, np.ndarray]) -> list[ServableModel
         dynamic={"kspace": {0: batch, 1: coils, 2: ky, 3: kx}, "mask": {0: batch, 1: ky, 2: kx}},
         parity_cases=cases,
         card=card,
+        parameters=parameters,
+        all_versions=True,
     )]

@@ -22,15 +22,16 @@ from torch.utils.data import DataLoader
 
 from mrcore.data.base import SliceSource
 from mrcore.masks import make_mask
-from training.federation.config import torch_device
+from training.federation.config import linear_lr_factor, torch_device
 from training.federation.family import Arrays, Family, SiteUpdate
 from training.models import build_critic, build_generator
 from training.recon.config import ReconRunConfig
 from training.recon.data import ReconSlices, split_by_subject, spread
 from training.recon.export import servable_models
-from training.recon.loop import reconstruct, train_epoch, volume_metrics
+from training.recon.loop import batch_metrics, reconstruct, train_epoch, volume_metrics
 from training.recon.mrcm import LatentAligner, as_target_tensor, new_identifier, pool_latent
 from training.recon.plots import plot_samples
+from training.recon.randomized import RandomizedBatches
 from training.sites import derive_seed, load_site_state, open_site_source, save_site_state
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,18 @@ class ReconFamily(Family):
         """FL-MRCM's target site (the held-out site) when ``mrcm.enabled``, else None."""
         return self.cfg.data.heldout_site if self.cfg.mrcm.enabled else None
 
+    @property
+    def randomized(self) -> bool:
+        """Training sites draw randomised examples (``data.randomize``) instead of reading phantom slices."""
+        return self.cfg.data.randomize is not None
+
     @cached_property
     def source(self) -> SliceSource:
         d = self.cfg.data
-        sites = tuple(d.train_sites) + ((d.heldout_site,) if d.heldout_site else ())
+        sites = () if self.randomized else tuple(d.train_sites)
+        sites += (d.heldout_site,) if d.heldout_site else ()
+        if not sites:
+            raise ValueError("data.randomize without data.heldout_site leaves no phantom site to open")
         source = open_site_source(d.source, sites)
         for s in sites:
             for c in d.contrasts:
@@ -67,7 +76,7 @@ class ReconFamily(Family):
         prepare = getattr(self.source, "prepare", None)
         if prepare is not None:
             prepare()
-        site = self.cfg.data.train_sites[0]
+        site = self.source.sites[0]
         shape = self.source.kspace(site, 0, self.cfg.data.contrasts[0], num_coils=1).kspace.shape[-2:]
         m = self.cfg.mask  # an acceleration impossible for the matrix fails here, before any training
         make_mask(m.kind, shape, m.acceleration, m.center_fraction, seed=0,
@@ -77,6 +86,9 @@ class ReconFamily(Family):
     # -- models ---------------------------------------------------------------------------------
     def new_generator(self, fft_backend: str = "torch") -> torch.nn.Module:
         m = self.cfg.model
+        if m.generator == "unrolled_fast":
+            return build_generator(m.generator, num_cascades=m.num_cascades, chans=m.chans, num_pools=m.num_pools,
+                                   fft_backend=fft_backend)
         kwargs = {"chans": m.chans, "estimate_maps": m.estimate_maps, "sens_chans": m.sens_chans,
                   "fft_backend": fft_backend}
         if m.generator == "unrolled":
@@ -100,10 +112,13 @@ class ReconFamily(Family):
         return {k: v.detach().numpy().copy() for k, v in self.new_generator().state_dict().items()}
 
     # -- data -----------------------------------------------------------------------------------
-    def dataset(self, site: str, split: str) -> ReconSlices:
+    def dataset(self, site: str, split: str) -> ReconSlices | RandomizedBatches:
         """``split`` in {'train', 'labels', 'val', 'heldout', 'adapt'}: 'labels' are the unpaired label subjects;
-        'heldout' the held-out site's tested subjects, 'adapt' its FL-MRCM adaptation slices."""
+        'heldout' the held-out site's tested subjects, 'adapt' its FL-MRCM adaptation slices. With
+        ``data.randomize`` a training site's 'train' and 'val' are randomised batches (seeded per site)."""
         key = (site, split)
+        if self.randomized and split in ("train", "val") and key not in self._datasets:
+            self._datasets[key] = self._randomized(site, split)
         if site == self.POOLED and key not in self._datasets:
             self._datasets[key] = ReconSlices.concat([self.dataset(s, split) for s in self.cfg.data.train_sites])
         if key not in self._datasets:
@@ -127,6 +142,18 @@ class ReconFamily(Family):
                 seed=derive_seed(self.cfg.seed, self.source.sites.index(site)), train=split in ("train", "labels"),
             )
         return self._datasets[key]
+
+    def _randomized(self, site: str, split: str) -> RandomizedBatches:
+        d, obj = self.cfg.data, self.cfg.objective
+        if site == self.POOLED:
+            number = 0
+        else:
+            number = 1 + list(d.train_sites).index(site)
+        seed = derive_seed(self.cfg.seed, number, 0 if split == "train" else 1)
+        if split == "train":
+            batches = d.train_batches * (len(d.train_sites) if site == self.POOLED else 1)
+            return RandomizedBatches(d.randomize, seed, batches, obj.batch_size, self.cfg.model.virtual_coils)
+        return RandomizedBatches(d.randomize, seed, d.val_batches, 2, self.cfg.model.virtual_coils, fixed=True)
 
     def _heldout_subject_split(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Slices of the held-out site: (adaptation subjects, tested subjects). The first
@@ -190,6 +217,8 @@ class ReconFamily(Family):
         if state:
             opt_g.load_state_dict(state["opt_g"])
             step = int(state["step"])
+        for group in opt_g.param_groups:  # after the state: Adam's saved state carries the old rate
+            group["lr"] = obj.lr * linear_lr_factor(server_round, cfg.federation.rounds, obj.lr_final)
         if critic is not None and "critic" in state:
             critic.load_state_dict(state["critic"])
             opt_c.load_state_dict(state["opt_c"])
@@ -209,7 +238,7 @@ class ReconFamily(Family):
         for e in range(cfg.federation.local_epochs):
             epoch = (server_round - 1) * cfg.federation.local_epochs + e
             train.set_epoch(epoch)
-            loader = DataLoader(train, batch_size=obj.batch_size, shuffle=True, generator=loader_seed)
+            loader = _loader(train, obj.batch_size, loader_seed)
             label_loader = None
             if labels is not None:
                 labels.set_epoch(epoch)
@@ -224,12 +253,15 @@ class ReconFamily(Family):
         save_site_state(state_dir, server_round, state)
         out = {k: v.detach().cpu().numpy().copy() for k, v in generator.state_dict().items()}
         logs["seconds"] = time.perf_counter() - t0
-        return SiteUpdate(out, num_examples=len(train), metrics=logs)
+        examples = len(train) * (obj.batch_size if isinstance(train, RandomizedBatches) else 1)
+        return SiteUpdate(out, num_examples=examples, metrics=logs)
 
     def _evaluate(self, arrays: Arrays, site: str, split: str) -> dict[str, float]:
         ds = self.dataset(site, split)
         generator = self.generator_from(arrays)
-        out, _, target, subjects = reconstruct(generator, DataLoader(ds, batch_size=4))
+        if isinstance(ds, RandomizedBatches):
+            return batch_metrics(generator, _loader(ds, 4))
+        out, _, target, subjects = reconstruct(generator, _loader(ds, 4))
         return volume_metrics(out, target, subjects)
 
     def evaluate_site(self, site: str, arrays: Arrays) -> dict[str, float]:
@@ -250,3 +282,10 @@ class ReconFamily(Family):
 
     def servable_models(self, arrays: Arrays) -> list:
         return servable_models(self, arrays)
+
+
+def _loader(ds: ReconSlices | RandomizedBatches, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
+    """Batches of ``ds``: randomised datasets are already batches (one per item)."""
+    if isinstance(ds, RandomizedBatches):
+        return DataLoader(ds, batch_size=None)
+    return DataLoader(ds, batch_size=batch_size, shuffle=generator is not None, generator=generator)

@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader
 
 from mrcore import torch_ops as ops
 from training.models import magnitude
-from training.objectives import HybridSchedule, critic_loss, generator_adversarial_loss, l1_loss
+from training.objectives import HybridSchedule, critic_loss, generator_adversarial_loss, l1_loss, ssim_loss
 from training.recon.config import ObjectiveConfig
 from training.recon.mrcm import LatentAligner
-from training.volume_metrics import volume_metrics  # noqa: F401  (re-exported for recon callers)
+from training.volume_metrics import volume_metrics
 
 
 def critic_view(mag: torch.Tensor) -> torch.Tensor:
@@ -73,6 +73,10 @@ def train_epoch(
         if objective.kind == "paired":
             loss = l1_loss(fake, batch["target"])
             logs["l1"] = float(loss.detach())
+            if objective.ssim_weight:
+                ls = ssim_loss(fake, batch["target"])
+                loss = loss + objective.ssim_weight * ls
+                logs["ssim_loss"] = float(ls.detach())
         else:
             assert critic is not None and opt_c is not None
             real = next(labels)["target"].to(device) if objective.kind == "unpaired" else batch["target"]
@@ -98,6 +102,8 @@ def train_epoch(
             logs["align"] = float(align.detach())
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
+        if objective.grad_clip:
+            nn.utils.clip_grad_norm_(generator.parameters(), objective.grad_clip)
         opt_g.step()
         logs["loss"] = float(loss.detach())
         for k, v in logs.items():
@@ -119,3 +125,17 @@ def reconstruct(generator: nn.Module, loader: DataLoader) -> tuple[np.ndarray, n
         targets.append(batch["target"].numpy())
         subjects.append(batch["subject"].numpy())
     return np.concatenate(outs), np.concatenate(zfs), np.concatenate(targets), np.concatenate(subjects)
+
+
+@torch.no_grad()
+def batch_metrics(generator: nn.Module, loader: DataLoader) -> dict[str, float]:
+    """Mean fastMRI metrics of ``generator`` over ``loader`` when batches differ in shape (randomised data):
+    every example is its own volume (``subject`` ids are unique per example)."""
+    generator.eval()
+    device = next(generator.parameters()).device
+    rows = []
+    for batch in loader:
+        out = magnitude(generator(batch["kspace"].to(device), batch["mask"].to(device))).cpu().numpy()
+        target = batch["target"].numpy()
+        rows += [volume_metrics(out[i:i + 1], target[i:i + 1], np.zeros(1)) for i in range(len(target))]
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
