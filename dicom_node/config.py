@@ -187,6 +187,7 @@ class Route:
     task: str
     destinations: tuple[str, ...]
     model: str = "recon_unrolled"
+    version: str | None = None       # pin a model version (reconstruction); None: the newest
     source: str | None = None
     target: str | None = None
     rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -272,7 +273,7 @@ class NodeConfig:
 
 _TOP = {"ae_title", "listen", "storage_dir", "quiet_seconds", "allowed_peers", "tls", "inference", "processing",
         "delivery", "network_timeout_seconds", "retention", "audit_log", "destinations", "routes", "max_pdu"}
-_ROUTE = {"name", "called_ae_title", "task", "model", "source", "target", "rules", "destinations",
+_ROUTE = {"name", "called_ae_title", "task", "model", "version", "source", "target", "rules", "destinations",
           "series_description", "series_number_offset", "allowed_peers"}
 
 
@@ -298,6 +299,13 @@ def _route(i: int, value, destinations: dict[str, Destination]) -> Route:
                 raise ConfigError(f"{path}.{k}: expected one of {', '.join(CONTRASTS)} for a synthesis route, "
                                   f"got {v.get(k)!r}")
         source, target = v["source"], v["target"]
+    version = v.get("version")
+    if version is not None:
+        if task != "reconstruction":
+            raise ConfigError(f"{path}.version: pins a reconstruction model's version; a {task} route takes none")
+        if isinstance(version, bool) or not re.fullmatch(r"[1-9][0-9]{0,5}", str(version)):
+            raise ConfigError(f"{path}.version: expected a model version number >= 1, got {version!r}")
+        version = str(version)
     rules = {}
     for key, pat in _mapping(f"{path}.rules", v.get("rules"), set(v.get("rules") or {})).items():
         pats = [pat] if isinstance(pat, str) else pat
@@ -318,6 +326,7 @@ def _route(i: int, value, destinations: dict[str, Destination]) -> Route:
         task=task,
         destinations=tuple(dests),
         model=_str(f"{path}.model", v.get("model", "recon_unrolled")),
+        version=version,
         source=source,
         target=target,
         rules=rules,

@@ -58,7 +58,8 @@ class Processor(Protocol):
 class InferenceBackend(Protocol):
     """The part of ``serving.client.TritonClient`` the node uses."""
 
-    def reconstruct(self, kspace: np.ndarray, mask: np.ndarray | None, model: str = ...) -> np.ndarray: ...
+    def reconstruct(self, kspace: np.ndarray, mask: np.ndarray | None = ..., model: str = ...,
+                    complex_output: bool = ..., version: str = ...) -> np.ndarray: ...
 
     def synthesize(self, images: np.ndarray, source: str, target: str) -> np.ndarray: ...
 
@@ -117,7 +118,8 @@ class InferenceProcessor:
     def __call__(self, route: Route, datasets: Sequence[Dataset], *, series_instance_uid: str) -> ProcessResult:
         if route.task == "reconstruction":
             kv = decode_kspace(datasets)
-            image = np.asarray(self.backend.reconstruct(kv.kspace, kv.mask, model=route.model), dtype=np.float32)
+            image = np.asarray(self.backend.reconstruct(kv.kspace, kv.mask, model=route.model,
+                                                        version=route.version or ""), dtype=np.float32)
             expected = (kv.kspace.shape[0], *kv.kspace.shape[2:])
             if image.shape != expected:
                 raise ValueError(f"model {route.model} returned {image.shape}, expected float32 [S, ky, kx] "
@@ -133,7 +135,7 @@ class InferenceProcessor:
             model, sources, geometry, frames, contrast = route.model_name, sv.datasets, sv.geometry, sv.frames, \
                 route.target
             same_contrast = False
-        version = self._version(model)
+        version = route.version if route.task == "reconstruction" and route.version else self._version(model)
         out = build_derived_series(
             sources, image, model_name=model, model_version=version,
             series_description=_description(route, sources[0], model, contrast),

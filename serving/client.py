@@ -29,6 +29,7 @@ import tritonclient.http
 from google.protobuf.json_format import MessageToDict
 from tritonclient.utils import InferenceServerException
 
+from mrcore.coils import compress_coils
 from mrcore.contract import check_kspace, check_mask, mask_per_slice
 from mrcore.masks import infer_mask
 
@@ -91,6 +92,7 @@ class TritonClient:
         self._all: list = []
         self._lock = threading.Lock()
         self._max_batch: dict[str, int] = {}
+        self._parameters: dict[str, dict[str, str]] = {}
 
     @property
     def _client(self):
@@ -175,10 +177,27 @@ class TritonClient:
             self._max_batch[model] = max(1, self.model_info(model)["max_batch_size"])
         return self._max_batch[model]
 
+    def model_parameters(self, model: str) -> dict[str, str]:
+        """The ``parameters`` of ``model``'s Triton configuration as strings (cached per client)."""
+        if model not in self._parameters:
+            cfg = self._call(f"model {model!r}", self._client.get_model_config, model)
+            if self.protocol == "grpc":
+                cfg = MessageToDict(cfg.config, preserving_proto_field_name=True)
+            params = cfg.get("parameters", {}) or {}
+            self._parameters[model] = {k: str(v.get("string_value", "")) for k, v in params.items()}
+        return self._parameters[model]
+
+    def virtual_coils(self, model: str) -> int | None:
+        """How many virtual coils ``model`` takes (its config parameter ``virtual_coils``), None: any count."""
+        value = self.model_parameters(model).get("virtual_coils", "")
+        return int(value) if value.isdigit() and int(value) > 0 else None
+
     # -- inference ----------------------------------------------------------------------------
-    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+              version: str = "") -> dict[str, np.ndarray]:
         """Run ``model`` on ``inputs`` (each with the same leading batch axis), in chunks of at most its
-        ``max_batch_size``; returns the named outputs concatenated along the batch axis."""
+        ``max_batch_size``; returns the named outputs concatenated along the batch axis. ``version``: a version
+        number to pin ("": the one Triton's version policy picks, the newest)."""
         sizes = {v.shape[0] for v in inputs.values()}
         if len(sizes) != 1:
             raise ValueError(f"inputs of {model!r} must share the batch axis, got {({k: v.shape for k, v in inputs.items()})}")
@@ -195,19 +214,21 @@ class TritonClient:
                 else:
                     t.set_data_from_numpy(part)
                 tensors.append(t)
+            what = f"model {model!r}" + (f" version {version}" if version else "")
             if self.protocol == "http":
                 requested = [self._tc.InferRequestedOutput(o, binary_data=True) for o in outputs]
-                result = self._call(f"model {model!r}", self._client.infer, model, tensors, outputs=requested)
+                result = self._call(what, self._client.infer, model, tensors, model_version=version,
+                                    outputs=requested)
             else:
                 requested = [self._tc.InferRequestedOutput(o) for o in outputs]
-                result = self._call(f"model {model!r}", self._client.infer, model, tensors, outputs=requested,
-                                    client_timeout=self.timeout_s)
+                result = self._call(what, self._client.infer, model, tensors, model_version=version,
+                                    outputs=requested, client_timeout=self.timeout_s)
             for o in outputs:
                 chunks[o].append(result.as_numpy(o))
         return {o: np.concatenate(v) for o, v in chunks.items()}
 
     def reconstruct(self, kspace: np.ndarray, mask: np.ndarray | None = None, model: str = RECON_MODEL,
-                    complex_output: bool = False) -> np.ndarray:
+                    complex_output: bool = False, version: str = "") -> np.ndarray:
         """Reconstruct undersampled multi-coil k-space.
 
         Parameters
@@ -217,6 +238,11 @@ class TritonClient:
             non-zero); both checked by :mod:`mrcore.contract` (ContractError, a ValueError)
         model : Triton model name
         complex_output : return the complex image instead of the magnitude
+        version : model version to pin ("" = the newest)
+
+        A model whose configuration names ``virtual_coils`` gets more coils than that compressed to that many
+        virtual coils first (SVD coil compression per slice, :func:`mrcore.coils.compress_coils`), as it was
+        trained; the result is in the input's scale either way.
 
         Returns
         -------
@@ -224,8 +250,11 @@ class TritonClient:
         """
         k = check_kspace(np.asarray(kspace))
         m = _mask_volume(mask, k)
+        virtual = self.virtual_coils(model)
+        if virtual is not None and k.shape[1] > virtual:
+            k = np.stack([compress_coils(ks, virtual, ms) for ks, ms in zip(k, m)])
         out = self.infer(model, {"kspace": np.stack([k.real, k.imag], axis=-1).astype(np.float32), "mask": m},
-                         ["image" if complex_output else "magnitude"])
+                         ["image" if complex_output else "magnitude"], version=version)
         if complex_output:
             img = out["image"]
             return (img[..., 0] + 1j * img[..., 1]).astype(np.complex64)

@@ -100,16 +100,23 @@ class Inference:
             self._index = (time.monotonic(), index)
         return index
 
-    def require_model(self, name: str) -> None:
-        """UnknownModel when Triton's repository holds no model ``name``; InferenceUnavailable when it is not
-        ready."""
+    def require_model(self, name: str, version: str | None = None) -> None:
+        """UnknownModel when Triton's repository holds no model ``name`` (or no such ``version`` of it);
+        InferenceUnavailable when it is not ready."""
         states = [m for m in self.models() if m.name == name]
-        if not states:
+        if not states or (version and not any(m.version == version for m in states)):
             states = [m for m in self.models(max_age_s=0) if m.name == name]
         if not states:
             raise UnknownModel(f"model {name!r} is not in the model repository")
+        if version:
+            known = sorted({m.version for m in states if m.version}, key=lambda v: (len(v), v))
+            states = [m for m in states if m.version == version]
+            if not states:
+                raise UnknownModel(f"model {name!r} has no version {version}; the repository holds version(s) "
+                                   f"{', '.join(known) or 'none'}")
         if not any(m.state == "READY" for m in states):
-            raise InferenceUnavailable(f"model {name!r} is not ready ({states[0].state})")
+            what = f"model {name!r}" + (f" version {version}" if version else "")
+            raise InferenceUnavailable(f"{what} is not ready ({states[0].state})")
 
     def model_info(self, name: str, max_age_s: float = 60.0) -> dict:
         with self._lock:
@@ -169,11 +176,12 @@ class Inference:
         return out
 
     def reconstruct(self, kspace: np.ndarray, mask: np.ndarray | None, model: str,
-                    maps: np.ndarray | None = None, progress: Progress | None = None) -> tuple[np.ndarray, bool]:
+                    maps: np.ndarray | None = None, progress: Progress | None = None,
+                    version: str | None = None) -> tuple[np.ndarray, bool]:
         """kspace complex64 [S, C, ky, kx], mask float32 [ky, kx] / [S, ky, kx] / None -> (float32 [S, ky, kx],
         maps_used). Maps (complex64 [S, C, ky, kx] or [C, ky, kx]) are sent only to a model with a ``maps``
-        input; the shipped models estimate coil maps themselves."""
-        self.require_model(model)
+        input; the shipped models estimate coil maps themselves. ``version`` pins a model version."""
+        self.require_model(model, version)
         takes_maps = maps is not None and any(i.get("name") == "maps" for i in self.model_info(model)["inputs"])
         s = kspace.shape[0]
         out = []
@@ -190,10 +198,10 @@ class Inference:
                     feed = {"kspace": np.stack([k.real, k.imag], -1).astype(np.float32), "mask": mm,
                             "maps": np.stack([mp.real, mp.imag], -1).astype(np.float32)}
                     img = self._timed("reconstruction", model, stop - start,
-                                      lambda: c.infer(model, feed, ["magnitude"])["magnitude"])  # noqa: B023 - called at once, inside this iteration
+                                      lambda: c.infer(model, feed, ["magnitude"], version=version or "")["magnitude"])  # noqa: B023 - called at once, inside this iteration
                 else:
                     img = self._timed("reconstruction", model, stop - start,
-                                      lambda: c.reconstruct(k, m, model=model))  # noqa: B023 - called at once, inside this iteration
+                                      lambda: c.reconstruct(k, m, model=model, version=version or ""))  # noqa: B023 - called at once, inside this iteration
             out.append(np.asarray(img, dtype=np.float32))
             if progress:
                 progress(stop)

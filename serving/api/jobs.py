@@ -270,7 +270,7 @@ class JobRunner:
                 try:
                     if job.kind == "reconstruct":
                         recon = ReconOptions(p["model"], p["format"], p.get("slice"), p.get("pixel_spacing_mm"),
-                                             p.get("slice_thickness_mm"), p.get("contrast"))
+                                             p.get("slice_thickness_mm"), p.get("contrast"), p.get("version"))
                         rendered = reconstruct(self.inference, parsed, recon, progress)
                     else:
                         synth = SynthOptions(p["model"], p["format"], p["source"], p["target"], p.get("slice"))

@@ -29,6 +29,7 @@ class ReconOptions:
     pixel_spacing_mm: float | None = None
     slice_thickness_mm: float | None = None
     contrast: str | None = None
+    version: str | None = None       # pinned model version (None: the newest)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def _recon_geometry(req: ReconInput, opts: ReconOptions, shape: tuple[int, ...])
 
 def reconstruct(inference: Inference, req: ReconInput, opts: ReconOptions,
                 progress: Progress | None = None) -> Rendered:
-    image, maps_used = inference.reconstruct(req.kspace, req.mask, opts.model, maps=req.maps, progress=progress)
+    image, maps_used = inference.reconstruct(req.kspace, req.mask, opts.model, maps=req.maps, progress=progress,
+                                             version=opts.version)
     expected = (req.kspace.shape[0], *req.kspace.shape[2:])
     if image.shape != expected or not np.isfinite(image).all():
         raise ApiError(422, f"model {opts.model} returned {image.dtype} {image.shape} with "
@@ -64,7 +66,7 @@ def reconstruct(inference: Inference, req: ReconInput, opts: ReconOptions,
                        code="bad_model_output")
     contrast = opts.contrast or req.contrast
     desc = " ".join(x for x in (req.description or contrast or "", f"recon {opts.model}") if x).strip()
-    meta = OutputMeta("reconstruction", opts.model, inference.version(opts.model), desc, contrast,
+    meta = OutputMeta("reconstruction", opts.model, opts.version or inference.version(opts.model), desc, contrast,
                       geometry=_recon_geometry(req, opts, image.shape), sources=req.sources)
     meta.headers["X-Coil-Maps"] = "uploaded" if maps_used else \
         ("ignored: the model estimates coil maps" if req.maps is not None else "estimated by the model")

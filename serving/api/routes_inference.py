@@ -53,6 +53,7 @@ class ReconQuery:
     slice: int | None
     pixel_spacing_mm: float | None
     slice_thickness_mm: float | None
+    version: int | None = None
 
 
 def recon_query(
@@ -63,8 +64,10 @@ def recon_query(
     slice: int | None = Query(None, ge=0, le=100_000, description="format=png: preview this slice only"),
     pixel_spacing_mm: float | None = Query(None, gt=0, le=100, description="in-plane pixel spacing of the images"),
     slice_thickness_mm: float | None = Query(None, gt=0, le=1000, description="slice thickness / spacing"),
+    version: int | None = Query(None, ge=1, le=1_000_000, description="model version to use (default: the newest; "
+                                "GET /v1/models lists the versions with their model cards)"),
 ) -> ReconQuery:
-    return ReconQuery(format, input_format, model, contrast, slice, pixel_spacing_mm, slice_thickness_mm)
+    return ReconQuery(format, input_format, model, contrast, slice, pixel_spacing_mm, slice_thickness_mm, version)
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ def _recon_options(q: ReconQuery, fmt: str, model: str, contrast: str | None) ->
     if q.slice is not None and fmt != "png":
         raise ApiError(422, "'slice' applies to format=png only", field="slice", expected="format=png",
                        code="invalid_parameter")
-    return ReconOptions(model, fmt, q.slice, q.pixel_spacing_mm, q.slice_thickness_mm, contrast)
+    return ReconOptions(model, fmt, q.slice, q.pixel_spacing_mm, q.slice_thickness_mm, contrast,
+                        None if q.version is None else str(q.version))
 
 
 @router.post("/v1/reconstruct", tags=["inference"], openapi_extra=RECON_BODY,
@@ -121,7 +125,7 @@ async def reconstruct_sync(request: Request, _: str = Depends(require_token), q:
     state = request.app.state
     fmt, model, contrast = _recon_setup(request, q)
     opts = _recon_options(q, fmt, model, contrast)
-    await anyio.to_thread.run_sync(state.inference.require_model, model)
+    await anyio.to_thread.run_sync(state.inference.require_model, model, opts.version)
     upload = await read_upload(request)
     req = await anyio.to_thread.run_sync(partial(parse_recon, upload, q.input_format, state.settings.limits,
                                                  contrast=contrast, sync=True))
@@ -230,10 +234,11 @@ _JOB_RESPONSES = UPLOAD_ERRORS | {202: {"model": JobOut, "description": "job acc
 async def reconstruct_job(request: Request, owner: str = Depends(require_token), q: ReconQuery = Depends(recon_query)):
     state = request.app.state
     fmt, model, contrast = _recon_setup(request, q)
-    _recon_options(q, fmt, model, contrast)  # checks the parameters before the upload is read
-    await anyio.to_thread.run_sync(state.inference.require_model, model)
+    opts = _recon_options(q, fmt, model, contrast)  # checks the parameters before the upload is read
+    await anyio.to_thread.run_sync(state.inference.require_model, model, opts.version)
     params = {"model": model, "format": fmt, "input_format": q.input_format, "contrast": contrast, "slice": q.slice,
-              "pixel_spacing_mm": q.pixel_spacing_mm, "slice_thickness_mm": q.slice_thickness_mm}
+              "pixel_spacing_mm": q.pixel_spacing_mm, "slice_thickness_mm": q.slice_thickness_mm,
+              "version": opts.version}
     job, parsed = await _receive_job(request, "reconstruct", _owner(owner), params, lambda u, d: parse_recon(
         u, q.input_format, state.settings.limits, contrast=contrast, sync=False, scratch=d))
     job.params["input_format"] = parsed.input_format

@@ -44,7 +44,7 @@ class DoubleBackend:
         if delay:
             time.sleep(delay)
 
-    def reconstruct(self, kspace, mask=None, model="recon_unrolled"):
+    def reconstruct(self, kspace, mask=None, model="recon_unrolled", version=""):
         self._gate()
         return expected_recon(kspace)
 

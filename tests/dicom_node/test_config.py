@@ -19,12 +19,25 @@ def base() -> dict:
 
 def test_example_config_loads():
     cfg = load_config(EXAMPLE)
-    assert [r.called_ae_title for r in cfg.routes] == ["RECON", "SYNTH_T2"]
+    assert [r.called_ae_title for r in cfg.routes] == ["RECON", "SYNTH_T2", "RECON_V1"]
+    assert cfg.route("recon").version is None and cfg.route("recon_v1").version == "1"
     synth = cfg.route("synth_t2")
     assert synth.model_name == "synth_t1w_to_t2w" and synth.rules["contrast"] == ("T1w",)
     assert cfg.destinations["pacs"].port == 4242
     assert cfg.processing.delay(1) == 2 and cfg.processing.delay(3) == 8 and cfg.delivery.delay(50) == 300
     assert cfg.routes_for("RECON")[0].task == "reconstruction" and cfg.routes_for("NOPE") == ()
+
+
+@pytest.mark.parametrize(("route", "message"), [
+    ({"task": "reconstruction", "version": 0}, "version: expected a model version number"),
+    ({"task": "reconstruction", "version": "v2"}, "version: expected a model version number"),
+    ({"task": "synthesis", "source": "T1w", "target": "T2w", "version": 1}, "version: pins a reconstruction model.s version; a synthesis route takes none"),
+])
+def test_a_route_version_must_be_a_reconstruction_version_number(tmp_path, route, message):
+    data = {"storage_dir": str(tmp_path), "destinations": {"pacs": {"ae_title": "P", "host": "h", "port": 104}},
+            "routes": [{"called_ae_title": "X", "destinations": ["pacs"], **route}]}
+    with pytest.raises(ConfigError, match=rf"routes\[0\]\.{message}"):
+        parse_config(data)
 
 
 def test_toml_is_accepted(tmp_path):

@@ -224,7 +224,7 @@ class FakeInference:
     def __init__(self, fail: Exception | None = None):
         self.fail, self.calls = fail, 0
 
-    def reconstruct(self, k, mask, model, maps=None, progress=None):
+    def reconstruct(self, k, mask, model, maps=None, progress=None, version=None):
         self.calls += 1
         if self.fail:
             raise self.fail
