@@ -79,6 +79,7 @@ example-data: venv
 	@test -f examples/kspace.npz || $(PY) -m serving.api examples --out examples/
 
 bench: venv
+	$(PY) -m benchmarks.recon_speed --out docs/benchmarks/recon_speed.md
 	$(PY) -m benchmarks.cs_baseline --out docs/benchmarks/cs_baseline.md
 	$(PY) -m benchmarks.serving_latency --out docs/benchmarks/serving_latency.md
 	$(PY) -m benchmarks.rest_latency --out docs/benchmarks/rest_latency.md
