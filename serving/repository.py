@@ -50,12 +50,34 @@ def _onnx_io(path: Path) -> tuple[dict[str, int], dict[str, int]]:
     return {v.name: rank(v) for v in proto.graph.input}, {v.name: rank(v) for v in proto.graph.output}
 
 
+def _check_version(name: str, vdir: Path, cfg, config_path: Path) -> None:
+    """One version directory: ``model.onnx`` (and ``model.py`` for the python backend) whose inputs and outputs
+    have the config's names and ranks (batch axis included)."""
+    version = vdir.name
+    onnx_path = vdir / "model.onnx"
+    if not onnx_path.is_file():
+        raise RepositoryError(f"model {name!r}: {version}/model.onnx is missing")
+    if cfg.backend == "python" and not (vdir / "model.py").is_file():
+        raise RepositoryError(f"model {name!r}: {version}/model.py (the ONNX Runtime runner) is missing")
+    inputs, outputs = _onnx_io(onnx_path)
+    batch = 1 if cfg.max_batch_size > 0 else 0
+    for kind, declared, actual in (("input", cfg.input, inputs), ("output", cfg.output, outputs)):
+        want = {t.name: len(t.dims) + batch for t in declared}
+        if list(want) != list(actual):
+            raise RepositoryError(f"model {name!r}: config {kind}s {list(want)} do not match {version}/model.onnx "
+                                  f"{kind}s {list(actual)}")
+        for tname, r in want.items():
+            if actual[tname] != r:
+                raise RepositoryError(f"model {name!r}: {kind} {tname!r} has rank {actual[tname]} in {version}/model.onnx "
+                                      f"but {r} in {config_path.name} (dims plus batch axis)")
+
+
 def check_model(model_dir: Path, config_name: str | None = "cpu") -> ModelEntry:
     """Validate one model directory for the configuration ``config_name`` (None: ``config.pbtxt``).
 
-    Checks: the config exists and parses, its name is the directory's, a numeric version directory
-    holds ``model.onnx`` (and ``model.py`` for the python backend), and the ONNX graph's inputs and
-    outputs have the config's names and ranks (batch axis included).
+    Checks: the config exists and parses, its name is the directory's, every numeric version directory
+    holds ``model.onnx`` (and ``model.py`` for the python backend), and each ONNX graph's inputs and
+    outputs have the config's names and ranks (batch axis included). Returns the newest version's entry.
     """
     model_dir = Path(model_dir)
     name = model_dir.name
@@ -68,13 +90,6 @@ def check_model(model_dir: Path, config_name: str | None = "cpu") -> ModelEntry:
     versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         raise RepositoryError(f"model {name!r}: no numeric version directory (e.g. {model_dir}/1/)")
-    version = versions[-1]
-    vdir = model_dir / str(version)
-    onnx_path = vdir / "model.onnx"
-    if not onnx_path.is_file():
-        raise RepositoryError(f"model {name!r}: {version}/model.onnx is missing")
-    if cfg.backend == "python" and not (vdir / "model.py").is_file():
-        raise RepositoryError(f"model {name!r}: {version}/model.py (the ONNX Runtime runner) is missing")
     env = cfg.parameters.get("EXECUTION_ENV_PATH")
     if env is not None and env.string_value:
         resolved = Path(env.string_value.replace("$$TRITON_MODEL_DIRECTORY", str(model_dir.resolve())))
@@ -82,16 +97,10 @@ def check_model(model_dir: Path, config_name: str | None = "cpu") -> ModelEntry:
             raise RepositoryError(f"model {name!r}: EXECUTION_ENV_PATH {env.string_value!r} resolves to {resolved}, "
                                   "which is not a Python environment (the CPU configuration expects the project's "
                                   ".venv next to the model repository)")
-    inputs, outputs = _onnx_io(onnx_path)
-    batch = 1 if cfg.max_batch_size > 0 else 0
-    for kind, declared, actual in (("input", cfg.input, inputs), ("output", cfg.output, outputs)):
-        want = {t.name: len(t.dims) + batch for t in declared}
-        if list(want) != list(actual):
-            raise RepositoryError(f"model {name!r}: config {kind}s {list(want)} do not match model.onnx {kind}s {list(actual)}")
-        for tname, r in want.items():
-            if actual[tname] != r:
-                raise RepositoryError(f"model {name!r}: {kind} {tname!r} has rank {actual[tname]} in model.onnx "
-                                      f"but {r} in {config_path.name} (dims plus batch axis)")
+    for version in versions:  # every version directory: a version policy may load any of them
+        _check_version(name, model_dir / str(version), cfg, config_path)
+    version = versions[-1]
+    vdir = model_dir / str(version)
     card_path = vdir / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     return ModelEntry(name, version, config_path, card)

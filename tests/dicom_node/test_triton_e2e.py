@@ -89,10 +89,12 @@ def wrap(tmp_path, kspace, mask) -> list:
     return sorted((tmp_path / "raw").glob("*.dcm"))
 
 
+@pytest.mark.parametrize("pinned", [None, "1"])  # the newest model version, or version 1 pinned by the route
 def test_reconstruction_through_triton_reaches_orthanc(tmp_path, triton_url, orthanc_factory, node_factory,
-                                                       node_port):
+                                                       node_port, pinned):
     orthanc = orthanc_factory()
-    cfg = node_config(tmp_path, port=node_port, destinations=pacs_destination(orthanc), routes=[RECON_ROUTE],
+    route = {**RECON_ROUTE, **({"version": int(pinned)} if pinned else {})}
+    cfg = node_config(tmp_path, port=node_port, destinations=pacs_destination(orthanc), routes=[route],
                       inference={"url": triton_url, "protocol": "http"})
     node = node_factory(cfg, processor=None)  # production processor: serving.client.TritonClient
     kspace, mask = undersampled_kspace(slices=4, coils=8, rows=64, cols=64)
@@ -104,8 +106,8 @@ def test_reconstruction_through_triton_reaches_orthanc(tmp_path, triton_url, ort
     out = sorted(orthanc.datasets(orthanc.get(f"/series/{series[0]['ID']}")),
                  key=lambda d: float(d.ImagePositionPatient[2]))
     with TritonClient(triton_url) as client:
-        expected = client.reconstruct(kspace, mask)
-        version = str(max(client.model_info("recon_unrolled")["versions"]))
+        expected = client.reconstruct(kspace, mask, version=pinned or "")
+        version = pinned or str(max(client.model_info("recon_unrolled")["versions"], key=int))
     for i, d in enumerate(out):
         assert f"recon_unrolled version {version}" in str(d.DerivationDescription)
         assert str(d.PatientID) == PATIENT_ID and list(d.ImageType)[:2] == ["DERIVED", "SECONDARY"]

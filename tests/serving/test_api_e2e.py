@@ -136,6 +136,24 @@ def test_reconstruct_each_input_format_equals_the_triton_client(http, triton, ex
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6 * float(np.abs(ref).max()))
 
 
+def test_reconstruct_pins_a_model_version_and_says_which_ran(http, triton, examples):
+    """?version= picks one of the versions Triton serves side by side; the answer names the version it used."""
+    k, m = np.load(examples / "kspace.npy"), np.load(examples / "mask.npy")
+    body = (examples / "kspace.npy").read_bytes()
+    newest = max(int(v) for v in triton.model_info("recon_unrolled")["versions"])
+    for version in ("1", str(newest)):
+        r = _recon(http, body, f"?version={version}&format=dicom")
+        assert r.status_code == 200, r.text[:300]
+        with zipfile.ZipFile(io.BytesIO(r.content)) as z:
+            ds = pydicom.dcmread(io.BytesIO(z.read(z.namelist()[0])))
+        assert f"version {version}" in str(ds.DerivationDescription)
+        r = _recon(http, body, f"?version={version}")
+        ref = triton.reconstruct(k, m, version=version)
+        np.testing.assert_allclose(load_npy(r.content), ref, rtol=0, atol=1e-6 * float(np.abs(ref).max()))
+    assert_error(_recon(http, body, "?version=99"), 404, "model", "unknown_model")
+    assert_error(_recon(http, body, "?version=0"), 422, "version", "invalid_parameter")
+
+
 def test_input_format_can_be_forced_and_mismatch_is_a_clear_error(http, examples):
     r = _recon(http, (examples / "kspace.npy").read_bytes(), "?input_format=npy")
     assert r.status_code == 200

@@ -30,8 +30,13 @@ def undersampled(slices: int, coils: int, ky: int, kx: int, seed: int = 0) -> tu
     return k * mask, mask
 
 
-def onnx_reference(name: str, feed: dict[str, np.ndarray], output: str) -> np.ndarray:
-    return ort_session(REPO / name / "1" / "model.onnx").run([output], feed)[0]
+def newest(name: str) -> str:
+    return str(max(int(p.name) for p in (REPO / name).iterdir() if p.name.isdigit()))
+
+
+def onnx_reference(name: str, feed: dict[str, np.ndarray], output: str, version: str | None = None) -> np.ndarray:
+    """``model.onnx`` of ``version`` (default: the newest, which Triton serves unless a request pins one)."""
+    return ort_session(REPO / name / (version or newest(name)) / "model.onnx").run([output], feed)[0]
 
 
 def test_shipped_repository_is_valid_and_holds_the_recon_model():
@@ -67,6 +72,38 @@ def test_triton_serves_odd_non_square_matrices_and_any_coil_count(triton_url):
     with TritonClient(triton_url) as client:
         out = client.reconstruct(k, mask)
     feed = {"kspace": np.stack([k.real, k.imag], -1).astype(np.float32), "mask": np.broadcast_to(mask, (2, 97, 75)).astype(np.float32)}
+    assert relative_error(out, onnx_reference("recon_unrolled", feed, "magnitude")) <= 1e-5
+
+
+def test_recon_versions_are_served_side_by_side(triton_url):
+    """Every version of recon_unrolled stays loaded (version_policy all); a request pins one, or gets the newest."""
+    versions = sorted((p.name for p in (REPO / "recon_unrolled").iterdir() if p.name.isdigit()), key=int)
+    assert len(versions) >= 2, "v1 and the newest must both be shipped"
+    k, mask = undersampled(1, 4, 40, 36, seed=5)
+    feed = {"kspace": np.stack([k.real, k.imag], -1).astype(np.float32), "mask": mask[None].astype(np.float32)}
+    with TritonClient(triton_url) as client:
+        default = client.reconstruct(k, mask)
+        for v in versions:
+            pinned = client.reconstruct(k, mask, version=v)
+            assert relative_error(pinned, onnx_reference("recon_unrolled", feed, "magnitude", v)) <= 1e-5, v
+        with pytest.raises(UnknownModel, match="version 99"):
+            client.reconstruct(k, mask, version="99")
+    assert relative_error(default, onnx_reference("recon_unrolled", feed, "magnitude")) <= 1e-5
+
+
+def test_more_coils_than_the_model_takes_are_compressed_by_the_client(triton_url):
+    """The newest recon model declares virtual_coils; 16 coils reach it as that many SVD-compressed coils."""
+    from mrcore.coils import compress_coils
+
+    k, mask = undersampled(2, 16, 48, 40, seed=6)
+    with TritonClient(triton_url) as client:
+        virtual = client.virtual_coils("recon_unrolled")
+        assert virtual is not None and virtual < 16
+        out = client.reconstruct(k, mask)
+    compressed = np.stack([compress_coils(s, virtual, mask) for s in k])
+    assert compressed.shape[1] == virtual
+    feed = {"kspace": np.stack([compressed.real, compressed.imag], -1).astype(np.float32),
+            "mask": np.broadcast_to(mask, (2, 48, 40)).astype(np.float32)}
     assert relative_error(out, onnx_reference("recon_unrolled", feed, "magnitude")) <= 1e-5
 
 
