@@ -188,18 +188,20 @@ def evaluate_recon(
 def recon_generalization(
     repo: Path = typer.Option(Path("model_repository"), help="Model repository: every version of recon_unrolled is evaluated."),
     out: Path = typer.Option(Path("docs/recon_generalization.md"), help="Markdown report to write (rows also as .json)."),
-    cases: list[str] = typer.Option(["mni", "tcga", "invivo"], "--case", help="Which real cases: mni, tcga, invivo (repeatable)."),
+    cases: list[str] = typer.Option(["mni", "tcga", "invivo", "phantom"], "--case",
+                                    help="Which cases: mni, tcga, invivo (real) and phantom (the config's held-out hospital) (repeatable)."),
     cs: bool = typer.Option(True, help="Include SigPy CS (slow: ESPIRiT + L1-wavelet per slice; its settings are tuned on training data first)."),
     config: Path = typer.Option(Path("configs/recon-v2.yaml"), help="Run config whose data.randomize ranges are the training data CS is tuned on."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime threads."),
+    update_cards: bool = typer.Option(True, help="Record each version's rows (with the baselines') in its model card."),
 ) -> None:
     """Reconstruction on real anatomy (MNI152 T1 template, a glioma patient's T2w, in-vivo 8-coil k-space) at
     scanner settings, 4x and 8x: zero-filled, SigPy CS and every served model version, as served (ONNX)."""
     from training.recon import generalization as gen  # deferred: sigpy, nilearn, onnxruntime (seconds)
 
     for c in cases:
-        if c not in ("mni", "tcga", "invivo"):
-            raise typer.BadParameter(f"unknown case {c!r}; expected mni, tcga or invivo", param_hint="--case")
+        if c not in ("mni", "tcga", "invivo", "phantom"):
+            raise typer.BadParameter(f"unknown case {c!r}; expected mni, tcga, invivo or phantom", param_hint="--case")
     models = gen.repository_models(repo)
     run_cfg = _load(config, [])
     randomize = build(RandomizationConfig, run_cfg["data"].get("randomize") or {}, "data.randomize.")
@@ -211,13 +213,25 @@ def recon_generalization(
         methods["CS (ESPIRiT + L1-wavelet)"] = {a: gen.cs_method(v["lamda"], v["crop"]) for a, v in cs_settings.items()}
     for name, (path, virtual) in models.items():
         methods[name] = gen.onnx_method(path, virtual, threads)
-    rows = gen.evaluate(gen.real_cases(cases), methods, progress=typer.echo)
+    evaluated = gen.real_cases(cases) + ([gen.phantom_case(run_cfg)] if "phantom" in cases else [])
+    samples: dict = {}
+    rows = gen.evaluate(evaluated, methods, progress=typer.echo, samples=samples)
     gen.write_rows(rows, out.with_suffix(".json"))
+    figures = gen.write_figures(samples, out.parent / "img")
     note = "Models: " + "; ".join(f"`{n}` ({p}, coil compression to {v or 'none'})" for n, (p, v) in models.items())
+    note += "\n\nThe middle slice of every case at 4x (truth, each method, error maps): " + ", ".join(
+        f"[{f.name}](img/{f.name})" for f in figures)
     write_report(out, "Reconstruction on real anatomy", "mri-train " + " ".join(sys.argv[1:]),
                  gen.report_body(rows, cs_settings, note))
     (out.with_suffix(".cs.json")).write_text(json.dumps(cs_settings, indent=1))
     typer.echo(f"wrote {out}")
+    if update_cards:
+        from training.export.triton_repo import add_card_evaluation  # deferred with the export package
+
+        command = "mri-train " + " ".join(sys.argv[1:])
+        for name, (path, _) in models.items():
+            add_card_evaluation(path.parent, "real_anatomy", gen.card_evaluation(rows, name, command, str(out)))
+            typer.echo(f"recorded the real-anatomy rows in {path.parent / 'model_card.json'}")
 
 
 @app.command("publish-init")

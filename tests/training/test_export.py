@@ -136,3 +136,34 @@ def test_cli_export_and_its_errors(run_dir, tmp_path):
     assert unknown.exit_code == 2 and "unknown model" in flat(unknown.output)
     bad_round = runner.invoke(app, ["export", "--run-dir", str(run_dir), "--round", "7"])
     assert bad_round.exit_code == 2 and "round_007.npz does not exist" in flat(bad_round.output)
+
+
+def test_real_anatomy_rows_reach_the_model_card(exported, tmp_path):
+    """The generalization evaluation runs an exported version as served (ONNX) on the real in-vivo k-space, scores
+    it against zero-filled, and records its rows (with the baselines') in the version's model card."""
+    import shutil
+
+    from training.export.triton_repo import add_card_evaluation
+    from training.recon import generalization as gen
+
+    repo = tmp_path / "repo"
+    shutil.copytree(exported[0] / "recon_unrolled", repo / "recon_unrolled")
+    models = gen.repository_models(repo)
+    assert list(models) == ["recon_unrolled v3"]
+    path, virtual = models["recon_unrolled v3"]
+    methods = {"zero-filled": gen.zero_filled, "recon_unrolled v3": gen.onnx_method(path, virtual, threads=1)}
+    (case,) = gen.real_cases(["invivo"])
+    samples: dict = {}
+    rows = gen.evaluate([case], methods, samples=samples)
+    assert set(samples[(case.name, "4x")]) == {"truth", "zero-filled", "recon_unrolled v3"}
+    (figure,) = gen.write_figures(samples, tmp_path / "img")
+    assert figure.stat().st_size > 10_000 and figure.read_bytes()[:4] == b"\x89PNG"
+    assert [(r["acceleration"][:2], r["method"]) for r in rows] == [
+        ("4x", "zero-filled"), ("4x", "recon_unrolled v3"), ("8x", "zero-filled"), ("8x", "recon_unrolled v3")]
+    zf4, zf8 = rows[0], rows[2]
+    assert 15 < zf8["psnr"] < zf4["psnr"] < 40 and 0 < zf4["ssim"] <= 1  # fewer lines, a worse zero-filled image
+    card = add_card_evaluation(path.parent, "real_anatomy", gen.card_evaluation(rows, "recon_unrolled v3", "cmd", "doc.md"))
+    assert [r["method"] for r in card["evaluation"]["real_anatomy"]["rows"]] == [r["method"] for r in rows]
+    text = (path.parent / "model_card.md").read_text()
+    assert "## Evaluation: real anatomy" in text and f"{rows[1]['psnr']:.2f}" in text
+    assert "# recon_unrolled (version 3)" in text  # the rest of the card is kept

@@ -61,6 +61,16 @@ def _portable(value, root: str):
     return value
 
 
+def _examples(cfg: dict, train: dict) -> dict:
+    """How much data each site trained on: fixed slices, or fresh randomised examples every round."""
+    counts = {s: int(v.get("num-examples", 0)) for s, v in sorted(train.items())}
+    if cfg.get("data", {}).get("randomize") is not None:
+        return {"examples_per_site_per_round": counts,
+                "data": "domain-randomised, drawn afresh every round (see trained_for); held-out table: "
+                        + str(cfg.get("data", {}).get("source", {}).get("kind"))}
+    return {"examples_per_site": counts, "data": cfg.get("data", {}).get("source", {}).get("kind")}
+
+
 def model_card(model: ServableModel, version: int, family, run_dir: Path, round_: int, checkpoint: Path,
                onnx_path: Path, parity: dict[str, float]) -> dict:
     """The JSON model card of one exported version (training data, config, metrics, privacy, export)."""
@@ -84,8 +94,7 @@ def model_card(model: ServableModel, version: int, family, run_dir: Path, round_
             "run": cfg.get("name"),
             "round": round_,
             "sites": list(family.train_sites),
-            "examples_per_site": {s: int(v.get("num-examples", 0)) for s, v in sorted(train.items())},
-            "data": cfg.get("data", {}).get("source", {}).get("kind"),
+            **_examples(cfg, train),
             **model.card.get("training", {}),
             "config": cfg,
         },

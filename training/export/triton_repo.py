@@ -66,20 +66,58 @@ def card_markdown(card: dict) -> str:
     for kind in ("inputs", "outputs"):
         for t in card[kind]:
             lines.append(f"| {kind[:-1]} | `{t['name']}` | {t['shape']} | {t['description']} |")
+    if card.get("trained_for"):
+        lines += ["", "## Training distribution (every range the training data was drawn from)", "",
+                  *_bullets(card["trained_for"])]
     train = card.get("training", {})
     if train:
-        lines += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in train.items() if k != "config"]
+        lines += ["", "## Training", ""] + _bullets({k: v for k, v in train.items() if k != "config"})
     metrics = card.get("metrics", {})
     if metrics:
         lines += ["", "## Metrics", ""]
         for split, vals in metrics.items():
             shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in vals.items())
             lines.append(f"- {split}: {shown}")
+    for key, evaluation in card.get("evaluation", {}).items():
+        lines += ["", f"## Evaluation: {key.replace('_', ' ')}", "", evaluation.get("summary", ""), "",
+                  f"Command: `{evaluation.get('command', '')}` (full report: {evaluation.get('doc', '')})", ""]
+        lines += _rows_markdown(evaluation.get("rows", []))
     if card.get("privacy"):
         lines += ["", "## Differential privacy", ""] + [f"- {k}: {v}" for k, v in card["privacy"].items()]
     exp = card.get("export", {})
     lines += ["", "## Export", ""] + [f"- {k}: {v}" for k, v in exp.items()]
     return "\n".join(lines) + "\n"
+
+
+def _bullets(items: dict, depth: int = 0) -> list[str]:
+    """Nested markdown bullets of a dict (a nested dict, e.g. the training data's randomisation ranges, indents)."""
+    lines = []
+    for key, value in items.items():
+        if isinstance(value, dict) and value:
+            lines += ["  " * depth + f"- {key}:", *_bullets(value, depth + 1)]
+        else:
+            lines.append("  " * depth + f"- {key}: {value}")
+    return lines
+
+
+def _rows_markdown(rows: list[dict]) -> list[str]:
+    """A markdown table of metric rows (dicts with the same keys; floats to 4 significant digits)."""
+    if not rows:
+        return []
+    keys = list(rows[0])
+    cells = [[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
+    return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys), *("| " + " | ".join(c) + " |" for c in cells)]
+
+
+def add_card_evaluation(version_dir: Path, key: str, evaluation: dict) -> dict:
+    """Record an evaluation (``{"summary", "command", "doc", "rows": [...]}``) under ``evaluation.<key>`` of the
+    model card in ``version_dir`` (JSON and Markdown rewritten durably; other evaluations kept). Returns the card."""
+    path = Path(version_dir) / "model_card.json"
+    card = json.loads(path.read_text())
+    card.setdefault("evaluation", {})[key] = evaluation
+    write_durable(path, json.dumps(card, indent=2, sort_keys=False) + "\n")
+    write_durable(Path(version_dir) / "model_card.md", card_markdown(card))
+    return card
 
 
 def write_model(repo: Path, model: ServableModel, version: int, onnx_path: Path, card: dict) -> Path:
