@@ -33,6 +33,10 @@ from mrcore.fft import fft2c, ifft2c
 #: Documented defaults (``docs/quality_guardrail.md``).
 DEFAULT_HOLDOUT_FRACTION = 0.08
 DEFAULT_SEED = 19
+#: held-out lines are drawn from the inner band of k-space, within this fraction of the matrix of its centre
+#: (where the signal, not the acquisition noise, carries the energy); all lines outside the calibration region
+#: when the band holds none
+DEFAULT_BAND = 0.125
 #: the held-out fraction allowed (of the acquired lines)
 FRACTION_RANGE = (0.01, 0.5)
 #: default flag thresholds (chosen by the calibration study, docs/quality_guardrail.md)
@@ -120,7 +124,7 @@ def _centre_block(m: np.ndarray) -> int:
 
 
 def holdout_split(mask: np.ndarray, fraction: float = DEFAULT_HOLDOUT_FRACTION, seed: int = DEFAULT_SEED,
-                  slice_index: int = 0, min_seen_outside: int = 1) -> Split:
+                  slice_index: int = 0, min_seen_outside: int = 1, band: float = DEFAULT_BAND) -> Split:
     """Split one slice's acquired samples (``mask`` real [ky, kx], non-zero = acquired) into seen and held out.
 
     Raises :class:`QualityInputError` (key ``holdout_fraction``) when the fraction would leave fewer than
@@ -139,6 +143,7 @@ def holdout_split(mask: np.ndarray, fraction: float = DEFAULT_HOLDOUT_FRACTION, 
         calibration = hi - lo
         outside = np.flatnonzero(profile)
         outside = outside[(outside < lo) | (outside >= hi)]
+        inner = outside[np.abs(outside - len(profile) // 2) <= band * len(profile)]
         total = int(profile.sum())
     else:
         calibration = _centre_block(m)
@@ -147,6 +152,8 @@ def holdout_split(mask: np.ndarray, fraction: float = DEFAULT_HOLDOUT_FRACTION, 
         inside = np.zeros_like(m)
         inside[y0:y0 + calibration, x0:x0 + calibration] = True
         outside = np.flatnonzero(m & ~inside)
+        yy, xx = np.unravel_index(outside, m.shape)
+        inner = outside[(np.abs(yy - cy) <= band * m.shape[0]) & (np.abs(xx - cx) <= band * m.shape[1])]
         total = int(m.sum())
     empty = np.zeros(m.shape, np.float32)
     if calibration == 0:
@@ -155,6 +162,8 @@ def holdout_split(mask: np.ndarray, fraction: float = DEFAULT_HOLDOUT_FRACTION, 
         return Split(m.astype(np.float32), empty, axis, calibration,
                      "no acquired line outside the calibration region")
     count = max(1, round(fraction * total))
+    if inner.size > count:
+        outside = inner
     if outside.size - count < min_seen_outside:
         raise QualityInputError(
             f"holdout_fraction {fraction:g} holds out {count} of the {outside.size} acquired "

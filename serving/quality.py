@@ -105,7 +105,7 @@ class SliceQuality:
     replaced: bool = False
 
     def public(self) -> dict:
-        out = {"slice": self.slice, "holdout_nmse": _round(self.holdout_nmse), "dc_residual": _round(self.dc_residual),
+        out: dict[str, object] = {"slice": self.slice, "holdout_nmse": _round(self.holdout_nmse), "dc_residual": _round(self.dc_residual),
                "flag": self.flag}
         if self.reason:
             out["unavailable"] = self.reason

@@ -113,7 +113,8 @@ def study(slices: list[Slice], models: dict[str, tuple[Path, int | None]], fract
             acquired = (s.kspace * s.mask).astype(np.complex64)
             k = compress_coils(acquired, virtual, s.mask) if virtual and acquired.shape[0] > virtual else acquired
             split = holdout_split(s.mask, fraction, seed, s.index)
-            key = f"{name}|{s.case}|{s.acceleration}|{s.index}|{fraction:g}|{seed}|{path.stat().st_size}"
+            held = hashlib.sha256(split.held.tobytes()).hexdigest()
+            key = f"{name}|{s.case}|{s.acceleration}|{s.index}|{held}|{path.stat().st_size}"
             file = None if cache is None else cache / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
             if file is not None and file.is_file():
                 hit = np.load(file)
@@ -131,11 +132,13 @@ def study(slices: list[Slice], models: dict[str, tuple[Path, int | None]], fract
             t2 = time.perf_counter()
             holdout, dc = slice_quality(k, image_h, split)
             t_guard += time.perf_counter() - t2
+            raw = slice_quality(k, image_h, split, denoise=False)
             zf = np.sqrt((np.abs(ifft2c(acquired)) ** 2).sum(axis=0))
             target = s.target
             row = {"model": name, "group": s.group, "case": s.case, "acceleration": s.acceleration, "slice": s.index,
                    "nmse": nmse(target, s.fov(np.abs(answer))), "zero_filled_nmse": nmse(target, s.fov(zf)),
-                   "holdout_nmse": holdout, "dc_residual": dc, "seconds_answer": t_answer,
+                   "holdout_nmse": holdout, "dc_residual": dc, "holdout_nmse_raw": raw[0], "dc_residual_raw": raw[1],
+                   "seconds_answer": t_answer,
                    "seconds_guardrail": t_guard}
             rows.append(row)
             if progress:
@@ -268,3 +271,38 @@ def report_body(rows: list[dict], summ: dict, window: dict, png: str) -> str:
           "n/a" if r["holdout_nmse"] is None else r["holdout_nmse"], r["dc_residual"],
           "yes" if flagged(r, summ["holdout_threshold"], summ["dc_threshold"]) else "no"] for r in rows]))
     return "\n".join(lines)
+
+
+def choose_thresholds(rows: list[dict], current: str, max_false_alarms: float = 0.05) -> dict | None:
+    """The (holdout_threshold, dc_threshold) pair, from the measured values, that flags every real-anatomy slice worse
+    than zero-filled with at most ``max_false_alarms`` of the current model's phantom held-out slices flagged, and the
+    fewest flags on real-anatomy slices better than zero-filled (then the largest thresholds); None when no pair
+    does."""
+    def values(key: str) -> list[float]:
+        return sorted({float(r[key]) for r in rows if r[key] is not None})
+
+    holdout = values("holdout_nmse")
+    dc = values("dc_residual")
+    # candidate thresholds: midway between consecutive measured values, and beyond the largest
+    def cuts(v: list[float]) -> list[float]:
+        return [(a + b) / 2 for a, b in zip(v, v[1:])] + ([v[-1] * 1.5] if v else [])
+
+    bad = [r for r in rows if r["group"] == "real" and r["nmse"] > r["zero_filled_nmse"]]
+    phantom = [r for r in rows if r["group"] == "phantom" and r["model"] == current]
+    good = [r for r in rows if r["group"] == "real" and r["nmse"] <= r["zero_filled_nmse"]]
+    best = None
+    for th in cuts(holdout):
+        for td in cuts(dc):
+            if not all(flagged(r, th, td) for r in bad):
+                continue
+            fa = sum(flagged(r, th, td) for r in phantom)
+            if phantom and fa > max_false_alarms * len(phantom):
+                continue
+            key = (sum(flagged(r, th, td) for r in good), fa, -th, -td)
+            if best is None or key < best[0]:
+                best = (key, th, td)
+    if best is None:
+        return None
+    (good_flags, fa, _, _), th, td = best
+    return {"holdout_threshold": th, "dc_threshold": td, "phantom_false_alarms": fa, "phantom_slices": len(phantom),
+            "real_good_flagged": good_flags, "real_good": len(good), "real_bad": len(bad)}
