@@ -40,8 +40,8 @@ DEFAULT_BAND = 0.125
 #: the held-out fraction allowed (of the acquired lines)
 FRACTION_RANGE = (0.01, 0.5)
 #: default flag thresholds (chosen by the calibration study, docs/quality_guardrail.md)
-DEFAULT_HOLDOUT_THRESHOLD = 0.8
-DEFAULT_DC_THRESHOLD = 0.1
+DEFAULT_HOLDOUT_THRESHOLD = 1.6
+DEFAULT_DC_THRESHOLD = 0.02
 
 
 def is_flagged(holdout_nmse: float | None, dc_residual: float | None, holdout_threshold: float = DEFAULT_HOLDOUT_THRESHOLD,

@@ -229,8 +229,8 @@ def recon_guardrail(
     cases: list[str] = typer.Option(["mni", "tcga", "invivo"], "--case", help="Real cases: mni, tcga, invivo (repeatable)."),
     holdout_fraction: float = typer.Option(0.08, help="Share of the acquired lines held out (serving: quality.holdout_fraction)."),
     seed: int = typer.Option(19, help="Seed of the held-out lines (serving: quality.seed)."),
-    holdout_threshold: float = typer.Option(0.8, help="Flag threshold of holdout_nmse (serving: quality.holdout_threshold)."),
-    dc_threshold: float = typer.Option(0.1, help="Flag threshold of dc_residual (serving: quality.dc_threshold)."),
+    holdout_threshold: float = typer.Option(1.6, help="Flag threshold of holdout_nmse (serving: quality.holdout_threshold)."),
+    dc_threshold: float = typer.Option(0.02, help="Flag threshold of dc_residual (serving: quality.dc_threshold)."),
     cache: Path = typer.Option(Path(".cache/guardrail"), help="Keeps each slice's reconstructions (a rerun skips the models)."),
     threads: int = typer.Option(1, min=1, help="ONNX Runtime threads."),
 ) -> None:
@@ -255,10 +255,11 @@ def recon_guardrail(
     guardrail.scatter(rows, holdout_threshold, png)
     summ = guardrail.summary(rows, holdout_threshold, dc_threshold, name)
     window = guardrail.threshold_window(rows, name)
-    body = guardrail.report_body(rows, summ, window, str(png.relative_to(out.parent)))
+    chosen = guardrail.choose_thresholds(rows, name)
+    body = guardrail.report_body(rows, summ, window, str(png.relative_to(out.parent)), chosen)
     write_report(out, "Reconstruction self-check: calibration study", "mri-train " + " ".join(sys.argv[1:]),
                  (guardrail.__doc__ or "").strip() + "\n\n" + body)
-    typer.echo(json.dumps(summ | {"window": window}, indent=1))
+    typer.echo(json.dumps(summ | {"window": window, "chosen": chosen}, indent=1))
     typer.echo(f"wrote {out}")
 
 

@@ -83,8 +83,9 @@ def test_header_job_dicom_and_metrics_agree_with_the_client(report_api, volume, 
         assert r.headers["x-recon-quality-policy"] == "report"
         assert len(header) == SLICES and set(header[0]) >= {"slice", "holdout_nmse", "dc_residual", "flag"}
         _same(header, ref_quality)
-        for q in header:  # the configured rule (defaults 0.8 / 0.1)
-            assert q["flag"] == (q["holdout_nmse"] > 0.8 or q["dc_residual"] > 0.1)
+        rule = QualitySettings()  # the server runs the defaults
+        for q in header:
+            assert q["flag"] == (q["holdout_nmse"] > rule.holdout_threshold or q["dc_residual"] > rule.dc_threshold)
             assert 0 <= q["holdout_nmse"] and np.isfinite(q["holdout_nmse"])
         # report: the pixels are the model's answer, untouched
         np.testing.assert_allclose(load_npy(r.content), ref_image, rtol=0, atol=1e-5 * float(ref_image.max()))
@@ -127,7 +128,7 @@ def test_fallback_replaces_exactly_the_flagged_slices(triton_url, tmp_path_facto
     assert values[0] < values[-1], "the test needs slices with different holdout_nmse"
     threshold = (values[SLICES // 2 - 1] + values[SLICES // 2]) / 2  # flags the upper half
     with _server(triton_url, tmp_path_factory, "quality.policy=fallback", f"quality.holdout_threshold={threshold}",
-                 "quality.dc_threshold=1e6") as server, server.client(headers=AUTH, timeout=300) as http:
+                 "quality.dc_threshold=1000000.0") as server, server.client(headers=AUTH, timeout=300) as http:
         body = npz_bytes(kspace=kspace, mask=mask)
         r = http.post("/v1/reconstruct", content=body)
         assert r.status_code == 200, r.text[:300]

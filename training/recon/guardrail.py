@@ -11,6 +11,21 @@ this computes the true NMSE of the answer (the reconstruction from all acquired 
 the fully sampled coil images over the field of view), the zero-filled NMSE of the same slice, and the guardrail's
 ``holdout_nmse`` and ``dc_residual`` (a second reconstruction without the held-out lines), exactly as the serving
 client computes them (:func:`mrcore.quality.holdout_split`, :func:`mrcore.quality.slice_quality`).
+
+The method (``mrcore/quality.py``; serving: ``serving/quality.py``, config section ``quality``): per slice,
+``max(1, round(0.08 x acquired lines))`` acquired lines are held out, drawn by ``numpy.random.default_rng([19,
+slice])`` from the acquired lines outside the fully sampled calibration region and within 1/8 of the matrix of the
+k-space centre (all lines outside the calibration region when that band has too few); the model reconstructs
+without them; coil sensitivities come from the Hann-windowed calibration band (magnitude from the data, normalised
+to ``sum |S|^2 = 1``, phase from the image); ``holdout_nmse = ||M_h(F S x_h) - y_h||^2 / ||y_h||^2`` and
+``dc_residual`` (the same on the seen lines), both less the acquisition noise's expected energy (noise power from
+the acquired samples in the k-space corners). Zero-filled predicts 0 on the held-out lines: 1 by construction. The
+answer is always the reconstruction from all acquired lines; the second inference is the cost. A slice is flagged
+when ``holdout_nmse > quality.holdout_threshold`` or ``dc_residual > quality.dc_threshold``; policies ``report``,
+``flag``, ``fallback`` (``docs/api.md``, ``docs/dicom_node.md``).
+
+The thresholds of the shipped configs were read off this study (in-sample: the same slices choose and judge them),
+and the "current model" of the false-alarm check is the newest version in the repository when the command ran.
 """
 
 from __future__ import annotations
@@ -234,7 +249,7 @@ def threshold_window(rows: list[dict], current: str, max_false_alarms: float = 0
     return {"flag_all_below": bad[0] if bad else None, "false_alarms_ok_from": ok_from}
 
 
-def report_body(rows: list[dict], summ: dict, window: dict, png: str) -> str:
+def report_body(rows: list[dict], summ: dict, window: dict, png: str, chosen: dict | None = None) -> str:
     """The markdown body of ``docs/quality_guardrail.md`` (below the fixed introduction the CLI adds)."""
     from training.report import markdown_table
 
@@ -259,6 +274,13 @@ def report_body(rows: list[dict], summ: dict, window: dict, png: str) -> str:
               "Threshold window measured here: every real-anatomy slice worse than zero-filled has holdout_nmse >= "
               f"{window['flag_all_below']}; at most 5 % of the current model's phantom slices exceed "
               f"{window['false_alarms_ok_from']}.", "",
+              "Thresholds the measurements support (:func:`choose_thresholds`: every real-anatomy slice worse than "
+              "zero-filled flagged, at most 5 % false alarms on the current model's phantom slices, then the fewest "
+              "flags on real-anatomy slices better than zero-filled): "
+              + ("none" if chosen is None else
+                 f"holdout_threshold {chosen['holdout_threshold']:.4g}, dc_threshold {chosen['dc_threshold']:.4g} "
+                 f"({chosen['phantom_false_alarms']} of {chosen['phantom_slices']} phantom slices and "
+                 f"{chosen['real_good_flagged']} of {chosen['real_good']} good real-anatomy slices flagged)") + ".", "",
               "## Cost", "",
               markdown_table(["model", "answer (ms / slice)", "self-check: second inference + measure (ms / slice)"],
                              [[m, summ["answer_ms_per_slice"][m], summ["guardrail_ms_per_slice"][m]] for m in models]),
