@@ -237,7 +237,7 @@ def recon_guardrail(
     """Calibration study of the reconstruction self-check (k-space self-validation): holdout_nmse against the true
     NMSE on real anatomy (4x, 8x) and the phantom's held-out hospital, for every served recon_unrolled version."""
     from training.recon import generalization as gen  # deferred: sigpy, nilearn, onnxruntime (seconds)
-    from training.recon import guardrail
+    from training.recon import guardrail  # deferred: imports generalization (sigpy, nilearn, onnxruntime)
 
     for c in cases:
         if c not in ("mni", "tcga", "invivo"):
