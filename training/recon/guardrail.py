@@ -126,12 +126,13 @@ def study(slices: list[Slice], models: dict[str, tuple[Path, int | None]], fract
     rows = []
     for name, (path, virtual) in models.items():
         run = None
+        model_hash = hashlib.sha256(path.read_bytes()).hexdigest()  # a re-exported model never hits a stale cache
         for s in slices:
             acquired = (s.kspace * s.mask).astype(np.complex64)
             k = compress_coils(acquired, virtual, s.mask) if virtual and acquired.shape[0] > virtual else acquired
             split = holdout_split(s.mask, fraction, seed, s.index)
             held = hashlib.sha256(split.held.tobytes()).hexdigest()
-            key = f"{name}|{s.case}|{s.acceleration}|{s.index}|{held}|{path.stat().st_size}"
+            key = f"{name}|{s.case}|{s.acceleration}|{s.index}|{held}|{model_hash}"
             file = None if cache is None else cache / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
             if file is not None and file.is_file():
                 hit = np.load(file)
