@@ -3,7 +3,9 @@
 PyTorch eager (the training graph, torch.fft; and the exported in-graph DFT variant), ONNX Runtime in
 process (the shipped ``model.onnx``, and the same network exported with ONNX's ``DFT`` operator for
 the FFT choice), the real tritonserver over HTTP and gRPC with batch 1 and 8, and the SigPy CS
-baseline (ESPIRiT + 30 L1-wavelet iterations)::
+baseline (ESPIRiT + 30 L1-wavelet iterations). The Triton rows come twice: the answer alone and with the
+reconstruction self-check (``quality.enabled``, :meth:`serving.client.TritonClient.reconstruct_checked`), whose
+cost is the difference::
 
     python -m benchmarks.serving_latency --out docs/benchmarks/serving_latency.md
 """
@@ -101,6 +103,10 @@ def main(
                 for n in (1, 8):
                     t, _ = time_call(lambda: client.reconstruct(k[:n], mask), repeats)  # noqa: B023 - called at once, inside this iteration
                     rows.append([f"Triton {protocol} (binary tensors), python backend + ONNX Runtime", n, t, t / n])
+                    # the reconstruction self-check (issue 19, serving.quality): one more call without held-out lines
+                    t, _ = time_call(lambda: client.reconstruct_checked(k[:n], mask), repeats)  # noqa: B023 - called at once, inside this iteration
+                    rows.append([f"Triton {protocol}, with the self-check (quality.enabled: second call, "
+                                 "held-out lines)", n, t, t / n])
 
     t_esp, _ = time_call(lambda: estimate_coil_maps(k[0], crop=0.0), max(1, repeats - 1))
     maps = estimate_coil_maps(k[0], crop=0.0)

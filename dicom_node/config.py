@@ -21,6 +21,7 @@ from typing import Any
 
 from mrcore.config import ConfigError, read_config_file
 from mrcore.data.base import CONTRASTS
+from serving.quality import QualitySettings
 
 __all__ = ["ConfigError", "Destination", "NodeConfig", "Peer", "RetryPolicy", "Route", "TLSConfig", "load_config"]
 
@@ -256,6 +257,7 @@ class NodeConfig:
     keep_seconds: float = 86400.0
     audit_log: Path | None = None
     max_pdu: int = 0
+    quality: QualitySettings = QualitySettings()  # the reconstruction self-check (serving.quality)
 
     def routes_for(self, called_ae_title: str) -> tuple[Route, ...]:
         return tuple(r for r in self.routes if r.called_ae_title == called_ae_title.strip())
@@ -272,7 +274,8 @@ class NodeConfig:
 
 
 _TOP = {"ae_title", "listen", "storage_dir", "quiet_seconds", "allowed_peers", "tls", "inference", "processing",
-        "delivery", "network_timeout_seconds", "retention", "audit_log", "destinations", "routes", "max_pdu"}
+        "delivery", "network_timeout_seconds", "retention", "audit_log", "destinations", "routes", "max_pdu",
+        "quality"}
 _ROUTE = {"name", "called_ae_title", "task", "model", "version", "source", "target", "rules", "destinations",
           "series_description", "series_number_offset", "allowed_peers"}
 
@@ -382,6 +385,7 @@ def parse_config(data: dict[str, Any], *, base: Path = Path(".")) -> NodeConfig:
         keep_seconds=_num("retention.keep_seconds", retention.get("keep_seconds", 86400.0)),
         audit_log=(Path(audit) if Path(audit).is_absolute() else base / audit) if audit else None,
         max_pdu=_num("max_pdu", v.get("max_pdu", 0), integer=True),
+        quality=QualitySettings.parse(v.get("quality")),
     )
 
 

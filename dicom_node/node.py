@@ -58,7 +58,7 @@ class DicomNode:
         self.queue = JobQueue(config.db_path)
         self.results = config.storage_dir / "results"
         self._factory = processor_factory or (lambda: make_processor(config.inference_url,
-                                                                     config.inference_protocol))
+                                                                     config.inference_protocol, config.quality))
         self._poll = poll_seconds
         self._stop = threading.Event()
         self._wake = threading.Event()

@@ -18,6 +18,8 @@ inference error on bad input is permanent and the job fails at once.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,9 +31,13 @@ from pydicom.uid import generate_uid
 
 from serving.client import TritonClient
 from serving.dicom import build_derived_series, decode_kspace, read_series
+from serving.dicom.quality import annotate_quality
+from serving.quality import FALLBACK_METHOD, QualitySettings, SliceQuality, apply_policy, log_verdicts
 
 if TYPE_CHECKING:
     from dicom_node.config import Route
+
+log = logging.getLogger("dicom_node.quality")
 
 __all__ = ["InferenceBackend", "InferenceProcessor", "ProcessResult", "Processor", "TransientError",
            "is_retryable", "make_processor"]
@@ -100,10 +106,14 @@ class InferenceProcessor:
     Parameters
     ----------
     backend : InferenceBackend (a ``serving.client.TritonClient``).
+    quality : the reconstruction self-check (config ``quality``); None or ``enabled: false``, or a backend without
+        ``reconstruct_checked``: off
     """
 
-    def __init__(self, backend: InferenceBackend) -> None:
+    def __init__(self, backend: InferenceBackend, quality: QualitySettings | None = None) -> None:
         self.backend = backend
+        self.quality = quality if quality is not None and quality.enabled and \
+            hasattr(backend, "reconstruct_checked") else None
 
     def _version(self, model: str) -> str:
         try:
@@ -116,10 +126,17 @@ class InferenceProcessor:
         return str(max(versions, key=lambda v: (len(str(v)), str(v))))
 
     def __call__(self, route: Route, datasets: Sequence[Dataset], *, series_instance_uid: str) -> ProcessResult:
+        quality: list[SliceQuality] | None = None
         if route.task == "reconstruction":
             kv = decode_kspace(datasets)
-            image = np.asarray(self.backend.reconstruct(kv.kspace, kv.mask, model=route.model,
-                                                        version=route.version or ""), dtype=np.float32)
+            if self.quality is not None:
+                checked = self.backend.reconstruct_checked(  # type: ignore[attr-defined]
+                    kv.kspace, kv.mask, model=route.model, version=route.version or "", settings=self.quality,
+                    strict=False)
+                image, quality = np.asarray(checked[0], dtype=np.float32), list(checked[1])
+            else:
+                image = np.asarray(self.backend.reconstruct(kv.kspace, kv.mask, model=route.model,
+                                                            version=route.version or ""), dtype=np.float32)
             expected = (kv.kspace.shape[0], *kv.kspace.shape[2:])
             if image.shape != expected:
                 raise ValueError(f"model {route.model} returned {image.shape}, expected float32 [S, ky, kx] "
@@ -136,17 +153,23 @@ class InferenceProcessor:
                 route.target
             same_contrast = False
         version = route.version if route.task == "reconstruction" and route.version else self._version(model)
+        if quality is not None and self.quality is not None:
+            image, quality = apply_policy(image, kv.kspace, kv.mask, quality, self.quality)
+            log_verdicts(log, model, version, quality, self.quality, route=route.name,
+                         series=hashlib.sha256(series_instance_uid.encode()).hexdigest()[:16])
         out = build_derived_series(
             sources, image, model_name=model, model_version=version,
             series_description=_description(route, sources[0], model, contrast),
             series_number_offset=route.series_number_offset, geometry=geometry, source_frames=frames,
             same_contrast=same_contrast, series_instance_uid=series_instance_uid)
+        if quality is not None and self.quality is not None:
+            annotate_quality(out, quality, self.quality, FALLBACK_METHOD)
         return ProcessResult(out, model, version)
 
 
-def make_processor(url: str, protocol: str = "http") -> Processor:
+def make_processor(url: str, protocol: str = "http", quality: QualitySettings | None = None) -> Processor:
     """The production processor around ``serving.client.TritonClient(url, protocol)``."""
-    return InferenceProcessor(TritonClient(url=url, protocol=protocol))
+    return InferenceProcessor(TritonClient(url=url, protocol=protocol), quality)
 
 
 def new_series_uid(job_id: int, route: str, series_uid: str, attempt: int) -> str:

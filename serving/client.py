@@ -32,6 +32,8 @@ from tritonclient.utils import InferenceServerException
 from mrcore.coils import compress_coils
 from mrcore.contract import check_kspace, check_mask, mask_per_slice
 from mrcore.masks import infer_mask
+from mrcore.quality import QualityInputError, holdout_split, slice_quality
+from serving.quality import QualitySettings, SliceQuality, verdict
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +261,52 @@ class TritonClient:
             img = out["image"]
             return (img[..., 0] + 1j * img[..., 1]).astype(np.complex64)
         return out["magnitude"]
+
+    def reconstruct_checked(self, kspace: np.ndarray, mask: np.ndarray | None = None, model: str = RECON_MODEL,
+                            version: str = "", settings: QualitySettings | None = None, first_slice: int = 0,
+                            strict: bool = True) -> tuple[np.ndarray, list[SliceQuality]]:
+        """:meth:`reconstruct` (magnitude) and each slice's self-check (:mod:`mrcore.quality`): one more Triton call
+        per chunk of slices, on the same (coil-compressed) k-space without the held-out lines.
+
+        ``first_slice`` numbers the slices (the held-out lines are seeded by ``[settings.seed, slice number]``).
+        A holdout fraction that leaves fewer lines than the model needs raises
+        :class:`mrcore.quality.QualityInputError` (key ``holdout_fraction``) when ``strict``, else that slice's
+        estimate is reported unavailable. Returns ``(float32 [slices, ky, kx], [SliceQuality per slice])``.
+        """
+        settings = settings or QualitySettings()
+        k = check_kspace(np.asarray(kspace))
+        m = _mask_volume(mask, k)
+        virtual = self.virtual_coils(model)
+        if virtual is not None and k.shape[1] > virtual:
+            k = np.stack([compress_coils(ks, virtual, ms) for ks, ms in zip(k, m)])
+        splits: list = []
+        reasons: list[str] = []
+        for i, ms in enumerate(m):
+            try:
+                splits.append(holdout_split(ms, settings.holdout_fraction, settings.seed, first_slice + i))
+                reasons.append(splits[-1].reason)
+            except QualityInputError as exc:
+                if strict:
+                    raise
+                splits.append(None)
+                reasons.append(str(exc))
+        packed = np.stack([k.real, k.imag], axis=-1).astype(np.float32)
+        answer = self.infer(model, {"kspace": packed, "mask": m}, ["magnitude"], version=version)["magnitude"]
+        seen = np.stack([s.seen if s is not None else ms for s, ms in zip(splits, m)])
+        todo = [i for i, s in enumerate(splits) if s is not None and s.available]
+        quality: list[SliceQuality] = []
+        images = {}
+        if todo:
+            held = self.infer(model, {"kspace": packed[todo] * seen[todo][:, None, :, :, None], "mask": seen[todo]},
+                              ["image"], version=version)["image"]
+            images = {i: h[..., 0] + 1j * h[..., 1] for i, h in zip(todo, held)}
+        for i, split in enumerate(splits):
+            if i in images and split is not None:
+                holdout, dc = slice_quality(k[i], images[i], split)
+                quality.append(verdict(first_slice + i, holdout, dc, settings))
+            else:
+                quality.append(verdict(first_slice + i, None, None, settings, reasons[i] or "unavailable"))
+        return answer, quality
 
     def synthesize(self, images: np.ndarray, source: str, target: str, model: str | None = None) -> np.ndarray:
         """Synthesize the ``target`` contrast from ``source``-contrast magnitude images.

@@ -234,6 +234,49 @@ def recon_generalization(
             typer.echo(f"recorded the real-anatomy rows in {path.parent / 'model_card.json'}")
 
 
+@app.command("recon-guardrail")
+def recon_guardrail(
+    repo: Path = typer.Option(Path("model_repository"), help="Model repository: every version of recon_unrolled is studied."),
+    config: Path = typer.Option(Path("configs/recon-v2.yaml"), help="Run config of the phantom's held-out hospital and its masks."),
+    out: Path = typer.Option(Path("docs/quality_guardrail.md"), help="Markdown report (rows also as .json, plot as .png under docs/img/)."),
+    current: str = typer.Option("", help="The current model's version (default: the newest in the repository)."),
+    cases: list[str] = typer.Option(["mni", "tcga", "invivo"], "--case", help="Real cases: mni, tcga, invivo (repeatable)."),
+    holdout_fraction: float = typer.Option(0.08, help="Share of the acquired lines held out (serving: quality.holdout_fraction)."),
+    seed: int = typer.Option(19, help="Seed of the held-out lines (serving: quality.seed)."),
+    holdout_threshold: float = typer.Option(1.6, help="Flag threshold of holdout_nmse (serving: quality.holdout_threshold)."),
+    dc_threshold: float = typer.Option(0.02, help="Flag threshold of dc_residual (serving: quality.dc_threshold)."),
+    cache: Path = typer.Option(Path(".cache/guardrail"), help="Keeps each slice's reconstructions (a rerun skips the models)."),
+    threads: int = typer.Option(1, min=1, help="ONNX Runtime threads."),
+) -> None:
+    """Calibration study of the reconstruction self-check (k-space self-validation): holdout_nmse against the true
+    NMSE on real anatomy (4x, 8x) and the phantom's held-out hospital, for every served recon_unrolled version."""
+    from training.recon import generalization as gen  # deferred: sigpy, nilearn, onnxruntime (seconds)
+    from training.recon import guardrail  # deferred: imports generalization (sigpy, nilearn, onnxruntime)
+
+    for c in cases:
+        if c not in ("mni", "tcga", "invivo"):
+            raise typer.BadParameter(f"unknown case {c!r}; expected mni, tcga or invivo", param_hint="--case")
+    models = gen.repository_models(repo)
+    name = f"recon_unrolled v{current}" if current else list(models)[-1]
+    if name not in models:
+        raise typer.BadParameter(f"no version {current} in {repo}/recon_unrolled (have {', '.join(models)})",
+                                 param_hint="--current")
+    family = family_from_config(_load(config, []))
+    slices = guardrail.real_slices(cases) + guardrail.phantom_slices(family)
+    rows = guardrail.study(slices, models, holdout_fraction, seed, threads, progress=typer.echo, cache=cache)
+    guardrail.write_rows(rows, out.with_suffix(".json"))
+    png = out.parent / "img" / (out.stem + ".png")
+    guardrail.scatter(rows, holdout_threshold, png)
+    summ = guardrail.summary(rows, holdout_threshold, dc_threshold, name)
+    window = guardrail.threshold_window(rows, name)
+    chosen = guardrail.choose_thresholds(rows, name)
+    body = guardrail.report_body(rows, summ, window, str(png.relative_to(out.parent)), chosen)
+    write_report(out, "Reconstruction self-check: calibration study", "mri-train " + " ".join(sys.argv[1:]),
+                 (guardrail.__doc__ or "").strip() + "\n\n" + body)
+    typer.echo(json.dumps(summ | {"window": window, "chosen": chosen}, indent=1))
+    typer.echo(f"wrote {out}")
+
+
 @app.command("publish-init")
 def publish_init(
     run_dir: Path = typer.Argument(..., help="A finished synthesis run, e.g. runs/synthesis-public."),

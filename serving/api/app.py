@@ -79,7 +79,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     inference = Inference(settings.triton.url, settings.triton.protocol, settings.triton.timeout_s,
                           concurrency=settings.limits.inference_concurrency,
                           chunk_slices=settings.jobs.chunk_slices, model_repository=settings.triton.model_repository,
-                          metrics=metrics)
+                          metrics=metrics, quality=settings.quality)
     app.state.settings = settings
     app.state.token_digests = settings.auth.digests()
     app.state.metrics = metrics
@@ -95,7 +95,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors.allow_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID"],
-                           expose_headers=["X-Request-ID", "Location", "X-Model", "X-Model-Version"])
+                           expose_headers=["X-Request-ID", "Location", "X-Model", "X-Model-Version",
+                                           "X-Recon-Quality"])
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes,
                        max_job_body_bytes=settings.limits.max_job_body_bytes)
     return app

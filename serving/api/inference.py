@@ -17,10 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from serving.client import InferenceUnavailable, ModelStatus, TritonClient, UnknownModel
+
+if TYPE_CHECKING:
+    from serving.quality import QualitySettings, SliceQuality
 
 log = logging.getLogger("serving.api.inference")
 
@@ -39,15 +43,17 @@ class Inference:
     chunk_slices : slices per Triton call
     model_repository : directory with ``<name>/<version>/model_card.json`` (optional)
     metrics : :class:`serving.api.metrics.Metrics` or None
+    quality : the reconstruction self-check (:mod:`serving.quality`); None or ``enabled: false``: off
     """
 
     def __init__(self, url: str, protocol: str = "http", timeout_s: float = 300.0, *,
                  concurrency: int = 2, chunk_slices: int = 8, model_repository: Path | None = None,
-                 metrics=None) -> None:
+                 metrics=None, quality: QualitySettings | None = None) -> None:
         self.url, self.protocol, self.timeout_s = url, protocol, float(timeout_s)
         self.chunk_slices = int(chunk_slices)
         self.model_repository = Path(model_repository) if model_repository else None
         self.metrics = metrics
+        self.quality = quality if quality is not None and quality.enabled else None
         self._local = threading.local()
         self._clients: list[TritonClient] = []
         self._limit = threading.BoundedSemaphore(int(concurrency))
@@ -177,14 +183,15 @@ class Inference:
 
     def reconstruct(self, kspace: np.ndarray, mask: np.ndarray | None, model: str,
                     maps: np.ndarray | None = None, progress: Progress | None = None,
-                    version: str | None = None) -> tuple[np.ndarray, bool]:
+                    version: str | None = None) -> tuple[np.ndarray, bool, list[SliceQuality] | None]:
         """kspace complex64 [S, C, ky, kx], mask float32 [ky, kx] / [S, ky, kx] / None -> (float32 [S, ky, kx],
-        maps_used). Maps (complex64 [S, C, ky, kx] or [C, ky, kx]) are sent only to a model with a ``maps``
+        maps_used, per-slice self-check or None when off or the model takes uploaded maps). Maps (complex64 [S, C, ky, kx] or [C, ky, kx]) are sent only to a model with a ``maps``
         input; the shipped models estimate coil maps themselves. ``version`` pins a model version."""
         self.require_model(model, version)
         takes_maps = maps is not None and any(i.get("name") == "maps" for i in self.model_info(model)["inputs"])
         s = kspace.shape[0]
         out = []
+        quality: list[SliceQuality] | None = None if self.quality is None or takes_maps else []
         for start in range(0, s, self.chunk_slices):
             stop = min(s, start + self.chunk_slices)
             k = kspace[start:stop]
@@ -199,13 +206,17 @@ class Inference:
                             "maps": np.stack([mp.real, mp.imag], -1).astype(np.float32)}
                     img = self._timed("reconstruction", model, stop - start,
                                       lambda: c.infer(model, feed, ["magnitude"], version=version or "")["magnitude"])  # noqa: B023 - called at once, inside this iteration
+                elif quality is not None:
+                    img, checked = self._timed("reconstruction", model, stop - start, lambda: c.reconstruct_checked(
+                        k, m, model=model, version=version or "", settings=self.quality, first_slice=start))  # noqa: B023 - called at once, inside this iteration
+                    quality.extend(checked)
                 else:
                     img = self._timed("reconstruction", model, stop - start,
                                       lambda: c.reconstruct(k, m, model=model, version=version or ""))  # noqa: B023 - called at once, inside this iteration
             out.append(np.asarray(img, dtype=np.float32))
             if progress:
                 progress(stop)
-        return np.concatenate(out), takes_maps
+        return np.concatenate(out), takes_maps, quality
 
     def synthesize(self, volume: np.ndarray, source: str, target: str, model: str,
                    progress: Progress | None = None) -> np.ndarray:

@@ -65,6 +65,7 @@ class Job:
     attempts: int = 0
     result: dict | None = None
     error: dict | None = None
+    quality: list[dict] | None = None  # the reconstruction self-check per slice (serving.quality)
 
     def public(self) -> dict:
         out: dict[str, Any] = {"id": self.id, "kind": self.kind, "status": self.status, "created_at": _iso(self.created_at),
@@ -76,6 +77,8 @@ class Job:
             out["links"]["result"] = f"/v1/jobs/{self.id}/result"
         if self.error:
             out["error"] = self.error
+        if self.quality is not None:
+            out["quality"] = self.quality
         return out
 
 
@@ -284,6 +287,7 @@ class JobRunner:
             write_result(rendered, self.store.path(job.id) / name)
             job.result = {"file": name, "media_type": rendered.media_type, "filename": rendered.filename,
                           "bytes": len(rendered.body), "headers": rendered.headers}
+            job.quality = rendered.quality
             job.status, job.finished_at, job.slices_done = "succeeded", time.time(), job.slices_total or 0
             self.store.save(job)
             log.info("job succeeded", extra={"job_id": job.id, "kind": job.kind, "slices": job.slices_total,

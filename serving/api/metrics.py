@@ -54,6 +54,10 @@ class Metrics:
                                           ["task", "model"], buckets=_BUCKETS, registry=reg)
             self.body_bytes = pc.Counter("mri_api_request_bytes_total", "Request body bytes received", ["route"],
                                          registry=reg)
+            self.checked_slices = pc.Counter(
+                "mri_api_recon_selfcheck_slices_total", "Reconstructed slices by self-check verdict "
+                "(ok, flagged, unavailable) and whether the policy replaced them", ["model", "version", "verdict",
+                                                                                   "replaced"], registry=reg)
             jobs = pc.Gauge("mri_api_jobs", "Jobs by state", ["state"], registry=reg)
             self._jobs_gauge = jobs
         else:
@@ -94,6 +98,20 @@ class Metrics:
             s = self._sums[("mri_api_inference_duration_seconds", ("task", task), ("model", model))]
             s[0] += seconds
             s[1] += 1
+
+    def checked(self, model: str, version: str, quality) -> None:
+        """Count a reconstruction's self-check verdicts per model version (no patient data)."""
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for q in quality:
+            verdict = "flagged" if q.flag else ("unavailable" if q.holdout_nmse is None else "ok")
+            counts[(verdict, "yes" if q.replaced else "no")] += 1
+        for (verdict, replaced), n in counts.items():
+            if self._pc is not None:
+                self.checked_slices.labels(model, str(version), verdict, replaced).inc(n)
+            else:
+                with self._lock:
+                    self._counters[("mri_api_recon_selfcheck_slices_total", ("model", model), ("version", str(version)),
+                                    ("verdict", verdict), ("replaced", replaced))] += n
 
     # -- exposition -----------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:

@@ -33,6 +33,8 @@ from serving.api.dicom_adapter import new_mr_series
 from serving.api.errors import ApiError
 from serving.api.geometry import affine_from_geometry, geometry_from_affine
 from serving.dicom import SeriesGeometry, build_derived_series
+from serving.dicom.quality import annotate_quality
+from serving.quality import FALLBACK_METHOD, QualitySettings, SliceQuality
 
 __all__ = ["OUTPUT_FORMATS", "OutputMeta", "Rendered", "negotiate", "render"]
 
@@ -92,6 +94,8 @@ class OutputMeta:
     frames: list[int] | None = None
     nifti: nib.Nifti1Image | nib.Nifti2Image | None = None  # source NIfTI image (affine/header kept)
     headers: dict = field(default_factory=dict)
+    quality: list[SliceQuality] | None = None          # the reconstruction self-check per slice
+    quality_settings: QualitySettings | None = None
 
 
 @dataclass
@@ -100,6 +104,7 @@ class Rendered:
     filename: str
     body: bytes
     headers: dict = field(default_factory=dict)
+    quality: list[dict] | None = None   # the self-check per slice (public JSON form), for the job resource
 
 
 def render(fmt: str, volume: np.ndarray, meta: OutputMeta, *, slice_index: int | None = None) -> Rendered:
@@ -141,7 +146,8 @@ def render(fmt: str, volume: np.ndarray, meta: OutputMeta, *, slice_index: int |
         raise ApiError(422, f"unknown format {fmt!r}", field="format", expected=_EXPECTED)
     headers = {"X-Model": meta.model, "X-Model-Version": str(meta.version), "X-Slices": str(volume.shape[0]),
                **meta.headers}
-    return Rendered(media, FILENAMES[fmt], body, headers)
+    quality = [q.public() for q in meta.quality] if meta.quality is not None else None
+    return Rendered(media, FILENAMES[fmt], body, headers, quality)
 
 
 def write_result(rendered: Rendered, path: Path) -> None:
@@ -202,6 +208,13 @@ def _png(volume: np.ndarray, slice_index: int | None) -> bytes:
 
 
 def _dicom_series(volume: np.ndarray, meta: OutputMeta):
+    datasets = _dicom_datasets(volume, meta)
+    if meta.quality is not None and meta.quality_settings is not None:
+        annotate_quality(datasets, meta.quality, meta.quality_settings, FALLBACK_METHOD)
+    return datasets
+
+
+def _dicom_datasets(volume: np.ndarray, meta: OutputMeta):
     if meta.sources:
         return build_derived_series(meta.sources, volume, model_name=meta.model, model_version=meta.version,
                                     series_description=meta.description, geometry=meta.geometry,

@@ -5,20 +5,27 @@ Both functions block (Triton calls); the routes and the job runner call them in 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mrcore.quality import QualityInputError
 from serving.api.errors import ApiError
 from serving.api.outputs import OutputMeta, Rendered, render
 from serving.dicom import SeriesGeometry
+from serving.quality import apply_policy, header_value, log_verdicts, summary_line
 
 if TYPE_CHECKING:
     from serving.api.inference import Inference, Progress
     from serving.api.inputs import ReconInput, SynthInput
 
 __all__ = ["ReconOptions", "SynthOptions", "reconstruct", "synthesize"]
+
+log = logging.getLogger("serving.api.quality")
+#: longest X-Recon-Quality header (about 100 slices); a longer list is only in the job resource's quality field
+MAX_QUALITY_HEADER = 8192
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,14 @@ def _recon_geometry(req: ReconInput, opts: ReconOptions, shape: tuple[int, ...])
 
 def reconstruct(inference: Inference, req: ReconInput, opts: ReconOptions,
                 progress: Progress | None = None) -> Rendered:
-    image, maps_used = inference.reconstruct(req.kspace, req.mask, opts.model, maps=req.maps, progress=progress,
-                                             version=opts.version)
+    try:
+        image, maps_used, quality = inference.reconstruct(req.kspace, req.mask, opts.model, maps=req.maps,
+                                                          progress=progress, version=opts.version)
+    except QualityInputError as exc:
+        raise ApiError(422, f"the reconstruction self-check cannot run on this input: {exc}",
+                       field=f"quality.{exc.key}", expected="an input with enough acquired lines outside the "
+                       "calibration region for the configured holdout_fraction (or quality.enabled: false)",
+                       code="invalid_input") from None
     expected = (req.kspace.shape[0], *req.kspace.shape[2:])
     if image.shape != expected or not np.isfinite(image).all():
         raise ApiError(422, f"model {opts.model} returned {image.dtype} {image.shape} with "
@@ -66,8 +79,23 @@ def reconstruct(inference: Inference, req: ReconInput, opts: ReconOptions,
                        code="bad_model_output")
     contrast = opts.contrast or req.contrast
     desc = " ".join(x for x in (req.description or contrast or "", f"recon {opts.model}") if x).strip()
-    meta = OutputMeta("reconstruction", opts.model, opts.version or inference.version(opts.model), desc, contrast,
-                      geometry=_recon_geometry(req, opts, image.shape), sources=req.sources)
+    version = opts.version or inference.version(opts.model)
+    settings = inference.quality
+    if quality is not None and settings is not None:
+        image, quality = apply_policy(image, req.kspace, req.mask, quality, settings)
+        log_verdicts(log, opts.model, version, quality, settings)
+        if inference.metrics is not None:
+            inference.metrics.checked(opts.model, version, quality)
+    meta = OutputMeta("reconstruction", opts.model, version, desc, contrast,
+                      geometry=_recon_geometry(req, opts, image.shape), sources=req.sources,
+                      quality=quality, quality_settings=settings)
+    if quality is not None and settings is not None:
+        value = header_value(quality)
+        meta.headers["X-Recon-Quality"] = value if len(value) <= MAX_QUALITY_HEADER else \
+            f"too long for a header ({summary_line(quality)}): see the job's quality field"
+        meta.headers["X-Recon-Quality-Policy"] = settings.policy
+        if any(q.replaced for q in quality):
+            meta.headers["X-Recon-Quality-Replaced"] = ",".join(str(q.slice) for q in quality if q.replaced)
     meta.headers["X-Coil-Maps"] = "uploaded" if maps_used else \
         ("ignored: the model estimates coil maps" if req.maps is not None else "estimated by the model")
     meta.headers["X-Mask"] = "uploaded" if req.mask is not None else "inferred from the sampled k-space"

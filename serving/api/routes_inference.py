@@ -17,7 +17,7 @@ from serving.api.errors import ApiError
 from serving.api.inputs import check_contrast, parse_recon, parse_synth
 from serving.api.outputs import Rendered, negotiate
 from serving.api.pipeline import ReconOptions, SynthOptions, reconstruct, synthesize
-from serving.api.schemas import UPLOAD_ERRORS, ErrorOut, JobList, JobOut, binary_responses, body_spec
+from serving.api.schemas import RECON_HEADERS, UPLOAD_ERRORS, ErrorOut, JobList, JobOut, binary_responses, body_spec
 from serving.api.uploads import read_upload
 from serving.client import UnknownModel, synthesis_model_name
 
@@ -118,7 +118,8 @@ def _recon_options(q: ReconQuery, fmt: str, model: str, contrast: str | None) ->
 
 
 @router.post("/v1/reconstruct", tags=["inference"], openapi_extra=RECON_BODY,
-             responses=UPLOAD_ERRORS | binary_responses(_OUT_TYPES, "the reconstructed magnitude images"),
+             responses=UPLOAD_ERRORS | binary_responses(_OUT_TYPES, "the reconstructed magnitude images",
+                                                        RECON_HEADERS),
              summary="Reconstruct undersampled k-space (synchronous; up to limits.sync_max_slices slices)",
              response_class=Response)
 async def reconstruct_sync(request: Request, _: str = Depends(require_token), q: ReconQuery = Depends(recon_query)):

@@ -73,6 +73,19 @@ class ModelDetail(ModelSummary):
     max_batch_size: int | None = None
 
 
+class SliceQualityOut(BaseModel):
+    """One slice's reconstruction self-check (k-space self-validation, docs/quality_guardrail.md)."""
+
+    slice: int = Field(description="slice index in the volume (0-based)")
+    holdout_nmse: float | None = Field(description="||M_h(F S x) - y_h||^2 / ||y_h||^2 on the held-out acquired lines "
+                                       "(x: the reconstruction without them); zero-filled = 1; null: unavailable")
+    dc_residual: float | None = Field(description="the same ratio on the lines the model saw (data consistency)")
+    flag: bool = Field(description="holdout_nmse or dc_residual above its configured threshold")
+    unavailable: str | None = Field(None, description="why no estimate exists (e.g. no acquired line outside the "
+                                    "calibration region)")
+    replaced: bool | None = Field(None, description="policy 'fallback' replaced this slice by the zero-filled RSS")
+
+
 class JobOut(BaseModel):
     id: str
     kind: str
@@ -86,6 +99,8 @@ class JobOut(BaseModel):
     links: dict[str, str]
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    quality: list[SliceQualityOut] | None = Field(
+        None, description="reconstruction jobs that succeeded: the self-check of every slice (config 'quality')")
 
 
 class JobList(BaseModel):
@@ -108,5 +123,22 @@ def body_spec(description: str, raw_types: list[str], *, multipart_related: bool
     return {"requestBody": {"required": True, "description": description, "content": content}}
 
 
-def binary_responses(media_types: list[str], description: str) -> dict:
-    return {200: {"description": description, "content": {t: _BINARY for t in media_types}}}
+def binary_responses(media_types: list[str], description: str, headers: dict | None = None) -> dict:
+    out: dict[str, Any] = {"description": description, "content": {t: _BINARY for t in media_types}}
+    if headers:
+        out["headers"] = headers
+    return {200: out}
+
+
+#: response headers of a reconstruction (OpenAPI)
+RECON_HEADERS = {
+    "X-Recon-Quality": {
+        "description": "The self-check of every slice (config 'quality', docs/quality_guardrail.md): compact JSON list "
+                       "of {\"slice\", \"holdout_nmse\", \"dc_residual\", \"flag\"} (plus \"unavailable\": reason, "
+                       "\"replaced\": true under policy fallback); absent when quality.enabled is false. A list longer "
+                       "than 8 KiB is only in the job resource's 'quality' field.",
+        "schema": {"type": "string"}},
+    "X-Recon-Quality-Policy": {"description": "report | flag | fallback", "schema": {"type": "string"}},
+    "X-Recon-Quality-Replaced": {"description": "policy fallback: comma-separated indices of the slices replaced by "
+                                                "the zero-filled RSS image", "schema": {"type": "string"}},
+}

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from mrcore.config import ConfigError, apply_overrides, build, read_config_file
+from serving.quality import QualitySettings
 
 __all__ = ["ApiSettings", "AuthSettings", "ConfigError", "CorsSettings", "JobSettings", "LimitSettings",
            "LogSettings", "TritonEndpoint", "token_digest"]
@@ -153,6 +154,7 @@ class ApiSettings:
     jobs: JobSettings = field(default_factory=JobSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
     logging: LogSettings = field(default_factory=LogSettings)
+    quality: QualitySettings = field(default_factory=QualitySettings)  # reconstruction self-check (serving.quality)
     recon_model: str = "recon_unrolled"
     #: /health/ready is 200 only when Triton and each of these models are ready (and no model failed to load)
     required_models: tuple[str, ...] = ("recon_unrolled",)

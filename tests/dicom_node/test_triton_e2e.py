@@ -158,3 +158,51 @@ def test_synthesis_through_triton(tmp_path, triton_url, orthanc_factory, node_fa
     with TritonClient(triton_url) as client:
         expected = client.synthesize(stored, "T1w", "T2w")
     assert_derived_matches(out, sources, expected, tmp_path, offset=2000, description_part="synthetic T2w")
+
+
+def test_reconstruction_self_check_reaches_orthanc_and_fallback_replaces_the_flagged(
+        tmp_path, triton_url, orthanc_factory, node_factory, node_port):
+    """Issue 19 through the node: every derived instance carries the self-check (private block, ImageComments) equal
+    to the shared client's; policy fallback replaces exactly the flagged slices by the zero-filled RSS, says so in
+    DerivationDescription and marks the series; no patient data in the log."""
+    from mrcore.fft import ifft2c
+    from serving.dicom.quality import FLAG_SUFFIX, read_quality
+    from serving.quality import QualitySettings
+
+    kspace, mask = undersampled_kspace(slices=4, coils=8, rows=64, cols=64, seed=5)
+    with TritonClient(triton_url) as client:
+        model, checked = client.reconstruct_checked(kspace, mask, settings=QualitySettings())
+    values = sorted(q.holdout_nmse for q in checked if q.holdout_nmse is not None)
+    assert len(values) == 4 and values[0] < values[-1]
+    threshold = (values[1] + values[2]) / 2
+    flagged = {q.slice for q in checked if q.holdout_nmse is not None and q.holdout_nmse > threshold}
+    orthanc = orthanc_factory()
+    cfg = node_config(tmp_path, port=node_port, destinations=pacs_destination(orthanc), routes=[RECON_ROUTE],
+                      inference={"url": triton_url, "protocol": "http"},
+                      quality={"policy": "fallback", "holdout_threshold": float(threshold), "dc_threshold": 1e6})
+    node = node_factory(cfg, processor=None)
+    r = storescu(node.port, wrap(tmp_path, kspace, mask), aec="RECON")
+    assert r.returncode == 0, r.stdout + r.stderr
+    series = wait_for(lambda: orthanc.series(), 120, "the reconstructed series in Orthanc")
+    wait_for(lambda: len(orthanc.get(f"/series/{series[0]['ID']}")["Instances"]) == 4, 30, "4 instances")
+    out = sorted(orthanc.datasets(orthanc.get(f"/series/{series[0]['ID']}")),
+                 key=lambda d: float(d.ImagePositionPatient[2]))
+    zero_filled = np.sqrt((np.abs(ifft2c(kspace * mask)) ** 2).sum(axis=1))
+    for i, d in enumerate(out):
+        q = read_quality(d)
+        assert q["slice"] == i and q["flag"] == (i in flagged) and bool(q.get("replaced")) == (i in flagged)
+        assert q["holdout_nmse"] == pytest.approx(checked[i].holdout_nmse, rel=2e-3, abs=1e-6)
+        assert str(d.ImageComments).startswith("Self-check: held-out k-space error")
+        assert ("FLAGGED" in str(d.ImageComments)) == (i in flagged)
+        assert str(d.SeriesDescription).endswith(FLAG_SUFFIX)
+        assert ("replaced by zero-filled RSS" in str(d.DerivationDescription)) == (i in flagged)
+        want = zero_filled[i] if i in flagged else model[i]
+        tol = float(d.RealWorldValueMappingSequence[0].RealWorldValueSlope)
+        np.testing.assert_allclose(real_world_values(d), want, atol=tol + 1e-5 * float(max(model.max(), want.max())))
+        p = tmp_path / f"checked_{i}.dcm"
+        d.save_as(p)
+        assert dciodvfy_errors(p) == []
+    log = node.log()
+    lines = [ln for ln in log.splitlines() if "reconstruction self-check" in ln]
+    assert lines and all("flagged" in ln and str(len(flagged)) in ln for ln in lines)
+    check_no_phi(log)

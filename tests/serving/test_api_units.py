@@ -221,6 +221,9 @@ def test_multipart_related_parser_rejects_garbage():
 
 # --- jobs -------------------------------------------------------------------------------------------------
 class FakeInference:
+    quality = None  # the reconstruction self-check is off
+    metrics = None
+
     def __init__(self, fail: Exception | None = None):
         self.fail, self.calls = fail, 0
 
@@ -230,7 +233,7 @@ class FakeInference:
             raise self.fail
         if progress:
             progress(k.shape[0])
-        return np.abs(k).sum(1).astype(np.float32), False
+        return np.abs(k).sum(1).astype(np.float32), False, None
 
     def version(self, model):
         return "7"

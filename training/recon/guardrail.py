@@ -1,0 +1,350 @@
+"""Calibration study of the k-space self-validation guardrail (:mod:`mrcore.quality`), evaluation only.
+
+For every served ``recon_unrolled`` version (the exported ONNX run as served: the serving client's coil compression
+to the model's ``virtual_coils``, ONNX Runtime) and every slice of
+
+* the real-anatomy cases of :mod:`training.recon.generalization` (MNI152 T1 at four scanner settings, the TCGA
+  glioma T2w, the in-vivo 8-coil acquisition) at 4x and 8x (fastMRI's equispaced masks), and
+* the phantom's held-out hospital (the run config's ``data.heldout_site``, its masks),
+
+this computes the true NMSE of the answer (the reconstruction from all acquired lines, magnitude against the RSS of
+the fully sampled coil images over the field of view), the zero-filled NMSE of the same slice, and the guardrail's
+``holdout_nmse`` and ``dc_residual`` (a second reconstruction without the held-out lines), exactly as the serving
+client computes them (:func:`mrcore.quality.holdout_split`, :func:`mrcore.quality.slice_quality`).
+
+The method (``mrcore/quality.py``; serving: ``serving/quality.py``, config section ``quality``): per slice,
+``max(1, round(0.08 x acquired lines))`` acquired lines are held out, drawn by ``numpy.random.default_rng([19,
+slice])`` from the acquired lines outside the fully sampled calibration region and within 1/8 of the matrix of the
+k-space centre (all lines outside the calibration region when that band has too few); the model reconstructs
+without them; coil sensitivities come from the Hann-windowed calibration band (magnitude from the data, normalised
+to ``sum |S|^2 = 1``, phase from the image); ``holdout_nmse = ||M_h(F S x_h) - y_h||^2 / ||y_h||^2`` and
+``dc_residual`` (the same on the seen lines), both less the acquisition noise's expected energy (noise power from
+the acquired samples in the k-space corners). Zero-filled predicts 0 on the held-out lines: 1 by construction. The
+answer is always the reconstruction from all acquired lines; the second inference is the cost. A slice is flagged
+when ``holdout_nmse > quality.holdout_threshold`` or ``dc_residual > quality.dc_threshold``; policies ``report``,
+``flag``, ``fallback`` (``docs/api.md``, ``docs/dicom_node.md``).
+
+The thresholds of the shipped configs were read off this study (in-sample: the same slices choose and judge them),
+and the "current model" of the false-alarm check is the newest version in the repository when the command ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from mrcore.coils import compress_coils
+from mrcore.fft import ifft2c
+from mrcore.metrics import nmse
+from mrcore.quality import DEFAULT_HOLDOUT_FRACTION, DEFAULT_SEED, holdout_split, is_flagged, slice_quality
+from training.recon import generalization as gen
+from training.report import markdown_table
+
+
+@dataclass
+class Slice:
+    """One fully sampled slice to score: ``kspace`` complex64 [coils, ky, kx], ``mask`` [ky, kx]."""
+
+    group: str          # "real" or "phantom"
+    case: str
+    acceleration: str
+    index: int
+    kspace: np.ndarray
+    mask: np.ndarray
+    crop: tuple[int, int] | None = None
+
+    def fov(self, image: np.ndarray) -> np.ndarray:
+        return image if self.crop is None else image[self.crop[0]:self.crop[1], :]
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.fov(np.sqrt((np.abs(ifft2c(self.kspace)) ** 2).sum(axis=0)).astype(np.float32))
+
+
+def real_slices(which=("mni", "tcga", "invivo")) -> list[Slice]:
+    out = []
+    for case in gen.real_cases(which):
+        for accel, cf in gen.ACCELERATIONS:
+            _, masks = gen.undersample(case, accel, cf)
+            for i, (k, m) in enumerate(zip(case.kspace, masks)):
+                out.append(Slice("real", case.name, f"{accel:g}x", i, k, m, case.crop))
+    return out
+
+
+def phantom_slices(family, limit: int | None = None) -> list[Slice]:
+    """The held-out hospital's tested slices with their evaluation masks (the run config's)."""
+    import torch  # deferred: the dataset items are torch tensors
+
+    site = family.cfg.data.heldout_site
+    if not site:
+        raise ValueError("the run config has no data.heldout_site")
+    ds = family.dataset(site, "heldout")
+    ds.kspace  # noqa: B018 - materialise
+    accel = f"{family.cfg.mask.acceleration:g}x"
+    out = []
+    for i in range(len(ds) if limit is None else min(limit, len(ds))):
+        full = torch.view_as_complex(ds.kspace[i].contiguous()).numpy().astype(np.complex64)
+        mask = ds.mask(i)[0, :, :, 0].numpy().astype(np.float32)
+        out.append(Slice("phantom", f"phantom {site} (held out)", accel, i, full, mask))
+    return out
+
+
+Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (kspace [C, ky, kx], mask [ky, kx]) -> complex [ky, kx]
+
+
+def onnx_runner(model_path: Path, threads: int = 1) -> Runner:
+    import onnxruntime as ort  # deferred: only the study runs models
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+    def run(k: np.ndarray, m: np.ndarray) -> np.ndarray:
+        feeds = {"kspace": np.stack([k.real, k.imag], axis=-1)[None].astype(np.float32),
+                 "mask": m[None].astype(np.float32)}
+        img = session.run(["image"], feeds)[0][0]
+        return (img[..., 0] + 1j * img[..., 1]).astype(np.complex64)
+
+    return run
+
+
+def study(slices: list[Slice], models: dict[str, tuple[Path, int | None]], fraction: float = DEFAULT_HOLDOUT_FRACTION,
+          seed: int = DEFAULT_SEED, threads: int = 1, progress: Callable[[str], None] | None = None,
+          cache: Path | None = None) -> list[dict]:
+    """One row per (model, slice): true NMSE, zero-filled NMSE, holdout_nmse, dc_residual, seconds.
+
+    ``cache``: a directory keeping each (model, slice)'s two reconstructions (``.npz``), so a rerun with other
+    thresholds or measures does not run the models again."""
+    rows = []
+    for name, (path, virtual) in models.items():
+        run = None
+        model_hash = hashlib.sha256(path.read_bytes()).hexdigest()  # a re-exported model never hits a stale cache
+        for s in slices:
+            acquired = (s.kspace * s.mask).astype(np.complex64)
+            k = compress_coils(acquired, virtual, s.mask) if virtual and acquired.shape[0] > virtual else acquired
+            split = holdout_split(s.mask, fraction, seed, s.index)
+            held = hashlib.sha256(split.held.tobytes()).hexdigest()
+            key = f"{name}|{s.case}|{s.acceleration}|{s.index}|{held}|{model_hash}"
+            file = None if cache is None else cache / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
+            if file is not None and file.is_file():
+                hit = np.load(file)
+                answer, image_h, t_answer, t_guard = hit["answer"], hit["image_h"], float(hit["t"][0]), float(hit["t"][1])
+            else:
+                run = run or onnx_runner(path, threads)
+                t0 = time.perf_counter()
+                answer = run(k, s.mask)
+                t1 = time.perf_counter()
+                image_h = run(k * split.seen, split.seen) if split.available else np.zeros_like(answer)
+                t_answer, t_guard = t1 - t0, time.perf_counter() - t1
+                if file is not None:
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez(file, answer=answer, image_h=image_h, t=np.array([t_answer, t_guard]))
+            t2 = time.perf_counter()
+            holdout, dc = slice_quality(k, image_h, split)
+            t_guard += time.perf_counter() - t2
+            raw = slice_quality(k, image_h, split, denoise=False)
+            zf = np.sqrt((np.abs(ifft2c(acquired)) ** 2).sum(axis=0))
+            target = s.target
+            row = {"model": name, "group": s.group, "case": s.case, "acceleration": s.acceleration, "slice": s.index,
+                   "nmse": nmse(target, s.fov(np.abs(answer))), "zero_filled_nmse": nmse(target, s.fov(zf)),
+                   "holdout_nmse": holdout, "dc_residual": dc, "holdout_nmse_raw": raw[0], "dc_residual_raw": raw[1],
+                   "seconds_answer": t_answer,
+                   "seconds_guardrail": t_guard}
+            rows.append(row)
+            if progress:
+                progress(f"{name} | {s.case} {s.acceleration} #{s.index}: NMSE {row['nmse']:.4f} (zero-filled "
+                         f"{row['zero_filled_nmse']:.4f}), holdout_nmse {holdout if holdout is None else f'{holdout:.3f}'}, "
+                         f"dc {dc:.4f}")
+    return rows
+
+
+def flagged(row: dict, holdout_threshold: float, dc_threshold: float) -> bool:
+    """The serving rule (:func:`mrcore.quality.is_flagged`)."""
+    return is_flagged(row["holdout_nmse"], row["dc_residual"], holdout_threshold, dc_threshold)
+
+
+def summary(rows: list[dict], holdout_threshold: float, dc_threshold: float, current: str) -> dict:
+    """Spearman rho (all slices, and per model), sensitivity on real-anatomy slices worse than zero-filled, false
+    alarms on the current model's phantom held-out slices."""
+
+    def rho(rs: list[dict]) -> float | None:
+        rs = [r for r in rs if r["holdout_nmse"] is not None]
+        return float(spearmanr([r["holdout_nmse"] for r in rs], [r["nmse"] for r in rs])[0]) if len(rs) > 2 else None
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    bad = [r for r in rows if r["group"] == "real" and r["nmse"] > r["zero_filled_nmse"]]
+    good_phantom = [r for r in rows if r["group"] == "phantom" and r["model"] == current]
+    good_real = [r for r in rows if r["group"] == "real" and r["nmse"] <= r["zero_filled_nmse"]]
+    return {
+        "slices": len(rows), "rho_all": rho(rows), "rho_per_model": {m: rho([r for r in rows if r["model"] == m]) for m in models},
+        "rho_per_group": {g: rho([r for r in rows if r["group"] == g]) for g in ("real", "phantom")},
+        "worse_than_zero_filled": {m: sum(r["model"] == m for r in bad) for m in models},
+        "worse_than_zero_filled_flagged": {m: sum(r["model"] == m and flagged(r, holdout_threshold, dc_threshold)
+                                               for r in bad) for m in models},
+        "phantom_current": len(good_phantom),
+        "phantom_current_flagged": sum(flagged(r, holdout_threshold, dc_threshold) for r in good_phantom),
+        "real_better_than_zero_filled": len(good_real),
+        "real_better_than_zero_filled_flagged": sum(flagged(r, holdout_threshold, dc_threshold) for r in good_real),
+        "holdout_threshold": holdout_threshold, "dc_threshold": dc_threshold, "current": current,
+        "guardrail_ms_per_slice": {m: 1000 * float(np.mean([r["seconds_guardrail"] for r in rows if r["model"] == m]))
+                                   for m in models},
+        "answer_ms_per_slice": {m: 1000 * float(np.mean([r["seconds_answer"] for r in rows if r["model"] == m]))
+                                for m in models},
+    }
+
+
+def scatter(rows: list[dict], holdout_threshold: float, path: Path) -> None:
+    import matplotlib  # deferred: only the report plots
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: only the report plots
+
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    markers = {"real": "o", "phantom": "^"}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colours = dict(zip(models, ("tab:red", "tab:blue", "tab:green", "tab:purple")))
+    for m in models:
+        for g in ("real", "phantom"):
+            rs = [r for r in rows if r["model"] == m and r["group"] == g and r["holdout_nmse"] is not None]
+            if not rs:
+                continue
+            worse = [r["nmse"] > r["zero_filled_nmse"] for r in rs]
+            ax.scatter([r["nmse"] for r in rs], [r["holdout_nmse"] for r in rs], marker=markers[g], s=28,
+                       facecolors=[colours[m] if w else "none" for w in worse], edgecolors=colours[m],
+                       label=f"{m}, {g}")
+    ax.axhline(holdout_threshold, color="k", ls="--", lw=1, label=f"flag threshold {holdout_threshold:g}")
+    ax.axhline(1.0, color="grey", ls=":", lw=1, label="zero-filled (1 by construction)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("true NMSE of the answer (magnitude vs fully sampled RSS)")
+    ax.set_ylabel("holdout_nmse (held-out lines, no ground truth)")
+    ax.set_title("k-space self-validation; filled = worse than zero-filled")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+
+
+def threshold_window(rows: list[dict], current: str, max_false_alarms: float = 0.05) -> dict:
+    """The range of holdout thresholds the measurements allow: below ``flag_all_below`` every real-anatomy slice that
+    is worse than zero-filled (any model) is flagged by holdout_nmse alone; at or above ``false_alarms_ok_from`` at most
+    ``max_false_alarms`` of the current model's phantom held-out slices are flagged."""
+    bad = sorted(r["holdout_nmse"] for r in rows if r["group"] == "real" and r["nmse"] > r["zero_filled_nmse"]
+                 and r["holdout_nmse"] is not None)
+    good = sorted(r["holdout_nmse"] for r in rows if r["group"] == "phantom" and r["model"] == current
+                  and r["holdout_nmse"] is not None)
+    allowed = int(np.floor(max_false_alarms * len(good)))
+    ok_from = good[len(good) - 1 - allowed] if good else None
+    return {"flag_all_below": bad[0] if bad else None, "false_alarms_ok_from": ok_from}
+
+
+def report_body(rows: list[dict], summ: dict, window: dict, png: str, chosen: dict | None = None) -> str:
+    """The markdown body of ``docs/quality_guardrail.md`` (below the fixed introduction the CLI adds)."""
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    n, f = summ["phantom_current"], summ["phantom_current_flagged"]
+    bad, bad_flagged = sum(summ["worse_than_zero_filled"].values()), sum(summ["worse_than_zero_filled_flagged"].values())
+    overlap = window["flag_all_below"] is not None and window["false_alarms_ok_from"] is not None and \
+        window["flag_all_below"] < window["false_alarms_ok_from"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    lines = ["## Checks (issue 19)", "",
+             f"* Spearman rho(holdout_nmse, true NMSE) over all {summ['slices']} slices >= 0.8: "
+             f"{summ['rho_all']:.3f}, {verdict(summ['rho_all'] is not None and summ['rho_all'] >= 0.8)}.",
+             f"* Every real-anatomy slice worse than zero-filled flagged: {bad_flagged} of {bad}, "
+             f"{verdict(bad_flagged == bad)}.",
+             f"* At most 5 % false alarms on the current model's phantom held-out slices: {f} of {n}, "
+             f"{verdict(f <= 0.05 * n)}.", ""]
+    if overlap:
+        lines += ["holdout_nmse alone does not separate the two: the real-anatomy slices worse than zero-filled start at "
+                  f"{window['flag_all_below']:.3g} while 5 % of the current model's phantom slices exceed "
+                  f"{window['false_alarms_ok_from']:.3g}; at these thresholds the flags come from dc_residual, and "
+                  "holdout_nmse flags only values beyond everything measured here.", ""]
+    lines += [f"![holdout_nmse against the true NMSE]({png})", "",
+             "## Rank correlation (Spearman) of holdout_nmse with the true NMSE", "",
+             markdown_table(["slices", "rho"], [["all (" + str(sum(r['holdout_nmse'] is not None for r in rows)) + ")",
+                                                  summ["rho_all"]]]
+                            + [[m, v] for m, v in summ["rho_per_model"].items()]
+                            + [[g, v] for g, v in summ["rho_per_group"].items()]), "",
+             f"## Flags at the thresholds holdout_nmse > {summ['holdout_threshold']:g} or dc_residual > "
+             f"{summ['dc_threshold']:g}", ""]
+    table = []
+    for m in models:
+        table.append([m, summ["worse_than_zero_filled"][m], summ["worse_than_zero_filled_flagged"][m]])
+    lines += [markdown_table(["model", "real-anatomy slices worse than zero-filled", "of them flagged"], table), ""]
+    lines += [f"False alarms on the current model ({summ['current']}) on the phantom's held-out hospital: {f} of {n} "
+              f"slices flagged ({100 * f / max(n, 1):.1f} %).", "",
+              f"Real-anatomy slices better than zero-filled (all models): {summ['real_better_than_zero_filled_flagged']} "
+              f"of {summ['real_better_than_zero_filled']} flagged.", "",
+              "Threshold window measured here: every real-anatomy slice worse than zero-filled has holdout_nmse >= "
+              f"{window['flag_all_below']}; at most 5 % of the current model's phantom slices exceed "
+              f"{window['false_alarms_ok_from']}.", "",
+              "Thresholds the measurements support (:func:`choose_thresholds`: every real-anatomy slice worse than "
+              "zero-filled flagged, at most 5 % false alarms on the current model's phantom slices, then the fewest "
+              "flags on real-anatomy slices better than zero-filled): "
+              + ("none" if chosen is None else
+                 f"holdout_threshold {chosen['holdout_threshold']:.4g}, dc_threshold {chosen['dc_threshold']:.4g} "
+                 f"({chosen['phantom_false_alarms']} of {chosen['phantom_slices']} phantom slices and "
+                 f"{chosen['real_good_flagged']} of {chosen['real_good']} good real-anatomy slices flagged)") + ".", "",
+              "## Cost", "",
+              markdown_table(["model", "answer (ms / slice)", "self-check: second inference + measure (ms / slice)"],
+                             [[m, summ["answer_ms_per_slice"][m], summ["guardrail_ms_per_slice"][m]] for m in models]),
+              "", "(ONNX Runtime on this machine's CPU, 1 thread, while a training run had CPU priority: the ratio, not "
+              "the absolute time, is the point; `make bench` measures the served path.)", "",
+              "## Every slice", ""]
+    lines.append(markdown_table(
+        ["model", "case", "accel.", "slice", "true NMSE", "zero-filled NMSE", "holdout_nmse", "dc_residual", "flag"],
+        [[r["model"], r["case"], r["acceleration"], r["slice"], r["nmse"], r["zero_filled_nmse"],
+          "n/a" if r["holdout_nmse"] is None else r["holdout_nmse"], r["dc_residual"],
+          "yes" if flagged(r, summ["holdout_threshold"], summ["dc_threshold"]) else "no"] for r in rows]))
+    return "\n".join(lines)
+
+
+def choose_thresholds(rows: list[dict], current: str, max_false_alarms: float = 0.05) -> dict | None:
+    """The (holdout_threshold, dc_threshold) pair, from the measured values, that flags every real-anatomy slice worse
+    than zero-filled with at most ``max_false_alarms`` of the current model's phantom held-out slices flagged, and the
+    fewest flags on real-anatomy slices better than zero-filled (then the largest thresholds); None when no pair
+    does."""
+    def values(key: str) -> list[float]:
+        return sorted({float(r[key]) for r in rows if r[key] is not None})
+
+    holdout = values("holdout_nmse")
+    dc = values("dc_residual")
+    # candidate thresholds: midway between consecutive measured values, and beyond the largest
+    def cuts(v: list[float]) -> list[float]:
+        return [(a + b) / 2 for a, b in zip(v, v[1:])] + ([v[-1] * 1.5] if v else [])
+
+    bad = [r for r in rows if r["group"] == "real" and r["nmse"] > r["zero_filled_nmse"]]
+    phantom = [r for r in rows if r["group"] == "phantom" and r["model"] == current]
+    good = [r for r in rows if r["group"] == "real" and r["nmse"] <= r["zero_filled_nmse"]]
+    best = None
+    for th in cuts(holdout):
+        for td in cuts(dc):
+            if not all(flagged(r, th, td) for r in bad):
+                continue
+            fa = sum(flagged(r, th, td) for r in phantom)
+            if phantom and fa > max_false_alarms * len(phantom):
+                continue
+            key = (sum(flagged(r, th, td) for r in good), fa, -th, -td)
+            if best is None or key < best[0]:
+                best = (key, th, td)
+    if best is None:
+        return None
+    (good_flags, fa, _, _), th, td = best
+    return {"holdout_threshold": th, "dc_threshold": td, "phantom_false_alarms": fa, "phantom_slices": len(phantom),
+            "real_good_flagged": good_flags, "real_good": len(good), "real_bad": len(bad)}
