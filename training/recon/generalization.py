@@ -11,6 +11,12 @@ Cases (evaluation only: none of these images is ever used for training or to cho
 * **In-vivo 8-coil k-space** (``evaldata/invivo_brain_t1_8ch_kspace.npy``): real coils, real noise; phase
   encoding along its last axis.
 
+Independence, stated plainly: the phantom that 40 % of the training examples come from is built on the same MNI152
+template's grey/white-matter probability maps (randomly deformed per subject, signal from relaxation equations:
+:mod:`mrcore.data.anatomy`), so the MNI152 cases share the phantom's anatomy though not its image (the template's
+T1 intensities are an average of real scans). The glioma patient and the in-vivo acquisition share nothing with the
+training data; they are the strictest cases here.
+
 And, for comparison with v1's tables, the project's own simulator:
 
 * **Phantom held-out hospital** (``data.heldout_site`` of the run config, hospital-c: 128x128, 8 coils, T2w) at
