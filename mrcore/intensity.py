@@ -26,7 +26,7 @@ REFERENCE_PERCENTILE = 99.5
 #: Foreground: voxels above this fraction of the reference percentile.
 FOREGROUND_FRACTION = 0.1
 #: Fewer foreground voxels than this: the series is too small (or too empty) to normalise.
-MIN_FOREGROUND_VOXELS = 256
+MIN_FOREGROUND_VOXELS = 64
 
 
 class NormalisationError(ValueError):

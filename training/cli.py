@@ -263,7 +263,9 @@ def evaluate_synthesis(
         pngs[f"{src}->{dst}"] = str(png.relative_to(patients_out.parent))
     patients_out.with_suffix(".json").write_text(json.dumps(
         [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], indent=1))
-    write_report(patients_out, "Synthesis on a real glioma patient", command, ev.patient_body(rows, pngs))
+    lesion_rows = ev.phantom_lesion_rows(_load(config, []), models, directions[:2])
+    write_report(patients_out, "Synthesis on a real glioma patient", command,
+                 ev.patient_body(rows, pngs) + "\n" + ev.phantom_lesion_body(lesion_rows))
     typer.echo(f"wrote {patients_out}")
     t1, labels = ev.load_mni()
     mrows = ev.evaluate_mni(t1, labels, models, sites)

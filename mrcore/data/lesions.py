@@ -21,7 +21,7 @@ Relaxation times (ms) and proton density (relative to CSF):
 lesion        T1 1.5 T / 3 T  T2 1.5 T / 3 T  PD
 ============  ==============  ==============  =====
 necrosis      3000 / 3300     1000 / 900      0.97
-tumour        1350 / 2000      140 / 120      0.90
+tumour        1350 / 2000      160 / 150      0.90
 oedema        1300 / 2100      200 / 180      0.92
 ============  ==============  ==============  =====
 
@@ -50,10 +50,10 @@ LESION_TISSUES: tuple[str, ...] = ("necrosis", "tumour", "oedema")
 #: ``LESION_PROPERTIES[field_strength_t][lesion]`` (see the module docstring).
 LESION_PROPERTIES: Mapping[float, Mapping[str, TissueProperties]] = MappingProxyType({
     1.5: MappingProxyType({"necrosis": TissueProperties(3000.0, 1000.0, 0.97),
-                           "tumour": TissueProperties(1350.0, 140.0, 0.90),
+                           "tumour": TissueProperties(1350.0, 160.0, 0.90),
                            "oedema": TissueProperties(1300.0, 200.0, 0.92)}),
     3.0: MappingProxyType({"necrosis": TissueProperties(3300.0, 900.0, 0.97),
-                           "tumour": TissueProperties(2000.0, 120.0, 0.90),
+                           "tumour": TissueProperties(2000.0, 150.0, 0.90),
                            "oedema": TissueProperties(2100.0, 180.0, 0.92)}),
 })
 

@@ -1,7 +1,7 @@
 """Lesions of the phantom: tissue values through the signal equations, geometry, determinism, config.
 
 The image checks use pixels that are mostly one tissue (lesion or normal) of a small data set whose every
-subject has a lesion (lesion_fraction=1), at 1 mm (240 x 240 over 240 mm), so the checks can fail when a
+subject has a lesion (lesion_fraction=1), at 1.5 mm (160 x 160 over 240 mm), so the checks can fail when a
 lesion tissue gets implausible relaxation times or is not put into the image.
 """
 
@@ -21,7 +21,7 @@ from mrcore.data.phantom import (
 from mrcore.data.sites import get_site
 from mrcore.data.tissues import TISSUES, tissue_properties
 
-CFG = dict(sites=("hospital-a", "hospital-b"), subjects_per_site=2, slices_per_subject=12, matrix=(240, 240),
+CFG = dict(sites=("hospital-a", "hospital-b"), subjects_per_site=2, slices_per_subject=10, matrix=(160, 160),
            lesion_fraction=1.0)
 NEC, TUM, OED = range(3)
 GM, WM, CSF = (TISSUES.index(t) for t in ("gm", "wm", "csf"))
@@ -95,7 +95,7 @@ def test_lesions_in_images(source, site):
     per_subject = np.add.reduceat(lesion_pixels, [0, CFG["slices_per_subject"]])
     assert np.all(per_subject > 50), per_subject
     flair, t2, t1 = (_pure(source, site, c) for c in ("FLAIR", "T2w", "T1w"))
-    assert flair["oedema"][1] >= 30, "too few pure oedema pixels"
+    assert flair["oedema"][1] >= 20, "too few pure oedema pixels"
     assert flair["oedema"][0] > 1.3 * flair["gm"][0]
     assert t2["oedema"][0] > 1.3 * t2["gm"][0]
     assert t1["oedema"][0] < t1["wm"][0]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from mrcore.intensity import normalise_series
 from training.models.synthesis import (
     CycleGenerators,
     PatchDiscriminator,
@@ -51,13 +52,20 @@ def test_opacus_accepts_the_generators():
             assert ModuleValidator.validate(build_synthesis_generator(kind, 4, 2, 1, norm), strict=False) == []
 
 
-def test_export_module_is_scale_invariant():
+def test_export_module_on_normalised_series_is_scale_invariant():
+    """The graph takes a series normalised by mrcore.intensity (as the serving client sends it): the scanner
+    scale is gone before the model, and the output is the generator's, clamped at 0."""
     torch.manual_seed(0)
-    m = SynthesisExport(build_synthesis_generator("resnet", 4, 2, 1)).eval()
-    x = torch.rand(2, 1, 33, 40)
+    g = build_synthesis_generator("resnet", 4, 2, 1)
+    m = SynthesisExport(g).eval()
+    x = np.random.default_rng(0).random((2, 33, 40)).astype(np.float32) + 0.2
+    a = torch.from_numpy(normalise_series(x)[0])[:, None]
+    b = torch.from_numpy(normalise_series(1000.0 * x)[0])[:, None]
     with torch.no_grad():
-        torch.testing.assert_close(m(x), m(1000.0 * x), rtol=1e-4, atol=1e-5)
-        assert (m(x) >= 0).all()
+        torch.testing.assert_close(m(a), m(b), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m(a), torch.relu(g(a)))
+        assert (m(a) >= 0).all()
+    x = torch.from_numpy(x)[:, None]
     torch.testing.assert_close(normalise(x).mean(dim=(-2, -1)), torch.ones(2, 1), rtol=1e-5, atol=1e-5)
 
 
