@@ -28,6 +28,8 @@ help:
 	@echo "make train-federated  a short federated reconstruction demo (configs/recon-v2.yaml), then synthesis"
 	@echo "make train-recon-v2   the shipped reconstruction model's federated run (configs/recon-v2.yaml, ~90 min CPU)"
 	@echo "make train-synthesis  federated T1w->T2w synthesis, 4 sites, DP-SGD (configs/synthesis.yaml, < 15 min CPU)"
+	@echo "make train-synthesis-flair  the same for T1w->FLAIR"
+	@echo "make evaluate-synthesis  served synthesis models on a real glioma patient and the MNI152 T1 template (docs/)"
 	@echo "make pretrain-synthesis  retrain the synthesis generators' public starting weights (pretrained/, ~15 min CPU)"
 	@echo "make lock         regenerate requirements.lock from pyproject.toml"
 
@@ -110,7 +112,7 @@ lock:
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-.PHONY: train-federated train-recon-v2 train-synthesis pretrain-synthesis
+.PHONY: train-federated train-recon-v2 train-synthesis pretrain-synthesis train-synthesis-flair evaluate-synthesis
 # A demonstration of both recipes within 15 minutes here: the shipped reconstruction recipe (configs/recon-v2.yaml)
 # for 3 short rounds, then the synthesis run. The shipped recon_unrolled v2 comes from `make train-recon-v2`.
 train-federated: venv
@@ -124,6 +126,17 @@ train-recon-v2: venv
 
 train-synthesis: venv
 	$(PY) -m training.cli federated --config configs/synthesis.yaml
+
+# T1w->FLAIR (and FLAIR->T1w): the default run with another direction. SYNTH_ENGINE=sequential trains the sites in
+# turn in one process (no Ray), for a machine whose CPU is saturated.
+SYNTH_ENGINE ?= flower
+train-synthesis-flair: venv
+	$(PY) -m training.cli federated --config configs/synthesis.yaml --engine $(SYNTH_ENGINE) --set name=synthesis-flair \
+	  --set run_dir=runs/synthesis-flair --set 'synthesis.direction=T1w->FLAIR'
+
+# The served synthesis models on real anatomy (evaluation only): docs/synthesis_patients.md, docs/synthesis_generalization.md
+evaluate-synthesis: venv
+	$(PY) -m training.cli evaluate-synthesis --real
 
 # The synthesis generators' starting weights (model.init_weights of configs/synthesis.yaml): centralized,
 # no DP, on the phantom's hospital-e ... hospital-h, which no default run trains on or holds out (they play

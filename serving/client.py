@@ -31,6 +31,7 @@ from tritonclient.utils import InferenceServerException
 
 from mrcore.coils import compress_coils
 from mrcore.contract import check_kspace, check_mask, mask_per_slice
+from mrcore.intensity import robust_scale
 from mrcore.masks import infer_mask
 from mrcore.quality import QualityInputError, holdout_split, slice_quality
 from serving.quality import QualitySettings, SliceQuality, verdict
@@ -308,11 +309,19 @@ class TritonClient:
                 quality.append(verdict(first_slice + i, None, None, settings, reasons[i] or "unavailable"))
         return answer, quality
 
-    def synthesize(self, images: np.ndarray, source: str, target: str, model: str | None = None) -> np.ndarray:
+    def synthesize(self, images: np.ndarray, source: str, target: str, model: str | None = None,
+                   scale: float | None = None) -> np.ndarray:
         """Synthesize the ``target`` contrast from ``source``-contrast magnitude images.
 
+        The series is divided by its robust intensity scale (:func:`mrcore.intensity.robust_scale`: the
+        median of its foreground, the same normalisation as in training) before it is sent; the model
+        works in those normalised units.
+
         images : float [slices, H, W] (or [H, W]), any intensity scale; H, W >= 16.
-        Returns float32 [slices, H, W] (the generator's normalised output scale, see its model card).
+        scale : the whole series' robust scale when ``images`` is a chunk of a longer series (None: computed
+            from ``images``); :class:`mrcore.intensity.NormalisationError` (a ValueError) when the series
+            has too little foreground to normalise.
+        Returns float32 [slices, H, W] in normalised target units (see the model card).
         """
         x = np.asarray(images)
         if x.ndim == 2:
@@ -323,6 +332,10 @@ class TritonClient:
             raise ValueError(f"images must be at least 16x16, got {x.shape[-2]}x{x.shape[-1]}")
         if not np.isfinite(x).all():
             raise ValueError("images hold NaN or Inf values")
+        if scale is None:
+            scale = robust_scale(x)
+        elif not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be finite and > 0, got {scale!r}")
         name = model or synthesis_model_name(source, target)
-        out = self.infer(name, {"image": x[:, None].astype(np.float32)}, ["synthesized"])
+        out = self.infer(name, {"image": (x.astype(np.float32) / np.float32(scale))[:, None]}, ["synthesized"])
         return out["synthesized"][:, 0]

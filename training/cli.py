@@ -59,9 +59,12 @@ def federated(
     config: Path = CONFIG_OPT,
     set_: list[str] = SET_OPT,
     fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints in run_dir and start over."),
+    engine: str = typer.Option("flower", help="flower: Flower's simulation engine (Ray); sequential: the same FedAvg "
+                               "rounds with the sites trained in turn in this process (no Ray; for a saturated CPU)."),
 ) -> None:
     """Train across the configured sites with Flower's simulation engine (resumes from the last checkpoint)."""
-    from training.federation.simulation import simulate  # deferred: Ray + Flower simulation (~4 s), this command only
+    if engine not in ("flower", "sequential"):
+        raise typer.BadParameter(f"expected 'flower' or 'sequential', got {engine!r}", param_hint="--engine")
 
     run_cfg = _load(config, set_)
     run_dir = Path(run_cfg["run_dir"])
@@ -93,7 +96,14 @@ def federated(
 
     t0 = time.perf_counter()
     try:
-        simulate(run_cfg, progress=progress)
+        if engine == "sequential":
+            from training.federation.sequential import run_sequential  # deferred: this engine only
+
+            run_sequential(run_cfg, progress=progress)
+        else:
+            from training.federation.simulation import simulate  # deferred: Ray + Flower simulation (~4 s)
+
+            simulate(run_cfg, progress=progress)
     except StopRun as exc:  # e.g. a site's privacy budget: the checkpoints so far are the result
         bar.close()
         typer.echo(f"run stopped: {exc.reason}", err=True)
@@ -275,6 +285,50 @@ def recon_guardrail(
                  (guardrail.__doc__ or "").strip() + "\n\n" + body)
     typer.echo(json.dumps(summ | {"window": window, "chosen": chosen}, indent=1))
     typer.echo(f"wrote {out}")
+
+
+@app.command("evaluate-synthesis")
+def evaluate_synthesis(
+    real: bool = typer.Option(True, "--real/--no-real", help="Real anatomy (the only evaluation this command runs)."),
+    repo: Path = typer.Option(Path("model_repository"), help="Model repository: the newest version of each synth_* model."),
+    patients_out: Path = typer.Option(Path("docs/synthesis_patients.md"), help="Patient report (rows also as .json)."),
+    mni_out: Path = typer.Option(Path("docs/synthesis_generalization.md"), help="MNI152 template report."),
+    config: Path = typer.Option(Path("configs/synthesis.yaml"), help="Run config whose training sites give the equation ratios."),
+    threads: int = typer.Option(1, min=1, help="ONNX Runtime threads."),
+) -> None:
+    """Served synthesis models on real anatomy: the glioma patient in evaldata/ (PSNR/SSIM/NMSE over brain voxels
+    against identity and a fitted linear remap, lesion table, PNG grids) and the MNI152 T1 template (tissue means,
+    GM/WM and CSF/GM next to the phantom's signal equations). Evaluation only: nothing here trains or tunes."""
+    from training.synthesis import real_eval as ev  # deferred: nibabel, nilearn, onnxruntime
+
+    if not real:
+        raise typer.BadParameter("only --real is implemented (the phantom tables come from the training runs)")
+    directions = (("T1w", "T2w"), ("T1w", "FLAIR"), ("T2w", "T1w"))
+    models = {}
+    for src, dst in directions:
+        found = ev.served_model(repo, src, dst)
+        if found is not None:
+            models[f"{src}->{dst}"] = (found[0], ev.onnx_model(found[1], threads))
+    sites = tuple(_load(config, [])["data"]["train_sites"])
+    command = "mri-train " + " ".join(sys.argv[1:])
+    patient = ev.load_patient()
+    rows = ev.evaluate_patient(patient, models, directions)
+    pngs = {}
+    for src, dst in directions:
+        png = patients_out.parent / "img" / f"synthesis_patient_{src.lower()}_to_{dst.lower()}.png"
+        ev.plot_patient(patient, rows, f"{src}->{dst}", png)
+        pngs[f"{src}->{dst}"] = str(png.relative_to(patients_out.parent))
+    patients_out.with_suffix(".json").write_text(json.dumps(
+        [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], indent=1))
+    lesion_rows = ev.phantom_lesion_rows(_load(config, []), models, directions[:2])
+    write_report(patients_out, "Synthesis on a real glioma patient", command,
+                 ev.patient_body(rows, pngs) + "\n" + ev.phantom_lesion_body(lesion_rows))
+    typer.echo(f"wrote {patients_out}")
+    t1, labels = ev.load_mni()
+    mrows = ev.evaluate_mni(t1, labels, models, sites)
+    mni_out.with_suffix(".json").write_text(json.dumps(mrows, indent=1))
+    write_report(mni_out, "Synthesis on real anatomy: the MNI152 T1 template", command, ev.mni_body(mrows, sites))
+    typer.echo(f"wrote {mni_out}")
 
 
 @app.command("publish-init")

@@ -59,14 +59,15 @@ from mrcore.data.anatomy import (
 )
 from mrcore.data.base import CONTRASTS, KSpaceSlice, SliceSource
 from mrcore.data.kspace_sim import simulate_kspace, smooth_phase, truncate_resolution
-from mrcore.data.signal import inversion_recovery, spin_echo
+from mrcore.data.lesions import LESION_TISSUES, Lesion, apply_lesions, lesion_arrays, lesion_fractions, random_lesion
+from mrcore.data.signal import flair_null_ti, inversion_recovery, spin_echo
 from mrcore.data.sites import DEFAULT_SITE_NAMES, SITE_NAMES, SequenceParams, SiteProtocol, get_site
-from mrcore.data.tissues import TISSUES, tissue_arrays
+from mrcore.data.tissues import TISSUES, tissue_arrays, tissue_properties
 from mrcore.durable import durable_path
 from mrcore.fft import ifft2c
 
 #: Bump whenever the generator changes what it writes; old cache entries are then ignored.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Maximum absolute image phase, radians, and its polynomial order.
 PHASE_MAX_RAD = float(np.pi)
@@ -76,6 +77,8 @@ PHASE_ORDER = 2
 _TAG_ANATOMY, _TAG_BIAS_SITE, _TAG_BIAS_SUBJECT, _TAG_PHASE, _TAG_IMAGE_NOISE, _TAG_KSPACE_NOISE, _TAG_COILS = range(
     1, 8
 )
+_TAG_LESION, _TAG_STRIP, _TAG_SEQUENCE = range(8, 11)
+_NON_BRAIN = tuple(TISSUES.index(t) for t in ("fat", "muscle", "bone"))
 _BIAS_GRID = 4
 _BIAS_HALF_WIDTH_MM = 130.0
 
@@ -110,6 +113,15 @@ class PhantomConfig:
         Field of view, mm (each in (0, 1000]); 240 mm holds the whole head.
     cache_dir : pathlib.Path or None
         Directory of the on-disk cache; ``None`` keeps generated data in memory only.
+    lesion_fraction : float
+        Share of subjects (each drawn at random, seeded) with a brain lesion (tumour core, necrosis,
+        oedema: :mod:`mrcore.data.lesions`), in [0, 1]; a quarter of those get a second one. 0: none.
+    skull_strip_fraction : float
+        Share of subjects delivered skull-stripped (fat, muscle and bone removed, as real pre-processed
+        series are), in [0, 1].
+    sequence_jitter : float
+        Per subject, TR, TE and TI of every sequence are scaled by U(1 - j, 1 + j) (FLAIR TI re-computed to
+        null CSF), so that the contrast varies within a site as between real protocols; in [0, 0.5).
     """
 
     seed: int = 0
@@ -119,8 +131,16 @@ class PhantomConfig:
     matrix: tuple[int, int] = (256, 256)
     fov_mm: tuple[float, float] = (240.0, 240.0)
     cache_dir: Path | None = Path(".cache/mrdata")
+    lesion_fraction: float = 0.5
+    skull_strip_fraction: float = 0.0
+    sequence_jitter: float = 0.0
 
     def __post_init__(self) -> None:
+        for name, top in (("lesion_fraction", 1.0), ("skull_strip_fraction", 1.0), ("sequence_jitter", 0.49)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 <= value <= top:
+                raise ValueError(f"PhantomConfig.{name} must be a number in [0, {top:g}], got {value!r}")
+            object.__setattr__(self, name, float(value))
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"PhantomConfig.seed must be an int >= 0, got {self.seed!r}")
         if isinstance(self.sites, str) or not hasattr(self.sites, "__iter__"):
@@ -185,6 +205,9 @@ def _key_payload(config: PhantomConfig, protocol: SiteProtocol) -> dict:
         "fov_mm": list(config.fov_mm),
         "template": TEMPLATE_ID,
         "nilearn": nilearn_version,
+        "lesion_fraction": config.lesion_fraction,
+        "skull_strip_fraction": config.skull_strip_fraction,
+        "sequence_jitter": config.sequence_jitter,
     }
 
 
@@ -209,6 +232,13 @@ def sequence_signals(protocol: SiteProtocol) -> np.ndarray:
     for seq in protocol.sequences.values():
         rows.append(_signal(seq, pd, t1, t2))
     return np.stack(rows)
+
+
+def lesion_sequence_signals(protocol: SiteProtocol) -> np.ndarray:
+    """Pure-lesion-tissue signal of every contrast of ``protocol``: float64 [contrast, lesion] in
+    :data:`mrcore.data.lesions.LESION_TISSUES` order (the same units as :func:`sequence_signals`)."""
+    pd, t1, t2 = lesion_arrays(protocol.field_strength_t)
+    return np.stack([_signal(seq, pd, t1, t2) for seq in protocol.sequences.values()])
 
 
 def _signal(seq: SequenceParams, pd, t1, t2) -> np.ndarray:
@@ -247,6 +277,55 @@ def _subject_setup(config: PhantomConfig, site: str, subject: int, template: Tis
     return anatomy, SliceGrid.axial(config.matrix, config.fov_mm, z)
 
 
+def subject_lesions(config: PhantomConfig, site: str, subject: int, template: TissueTemplate) -> tuple[Lesion, ...]:
+    """The lesions of ``subject`` at ``site`` (none, one or two; deterministic per seed)."""
+    rng = np.random.default_rng(_seq(config.seed, site_number(site), subject, _TAG_LESION))
+    has, second = rng.random(2)
+    if has >= config.lesion_fraction:
+        return ()
+    count = 2 if second < 0.25 else 1
+    return tuple(random_lesion(rng, template.brain_z_mm) for _ in range(count))
+
+
+def skull_stripped(config: PhantomConfig, site: str, subject: int) -> bool:
+    """Whether ``subject`` at ``site`` is delivered skull-stripped (deterministic per seed)."""
+    rng = np.random.default_rng(_seq(config.seed, site_number(site), subject, _TAG_STRIP))
+    return bool(rng.random() < config.skull_strip_fraction)
+
+
+def subject_protocol(config: PhantomConfig, site: str, subject: int) -> SiteProtocol:
+    """``site``'s protocol with TR/TE/TI of ``subject`` jittered by ``config.sequence_jitter`` (FLAIR TI
+    re-computed to null CSF at the jittered TR); the site's own protocol when the jitter is 0."""
+    protocol = get_site(site)
+    j = config.sequence_jitter
+    if j == 0:
+        return protocol
+    rng = np.random.default_rng(_seq(config.seed, site_number(site), subject, _TAG_SEQUENCE))
+    seqs = {}
+    t1_csf = tissue_properties(protocol.field_strength_t)["csf"].t1_ms
+    for contrast, seq in protocol.sequences.items():
+        f_tr, f_te, f_ti = rng.uniform(1.0 - j, 1.0 + j, 3)
+        tr, te = seq.tr_ms * f_tr, seq.te_ms * f_te
+        ti = None
+        if seq.kind == "IR":
+            ti = float(flair_null_ti(t1_csf, tr)) if contrast == "FLAIR" else min(float(seq.ti_ms) * f_ti, 0.9 * tr)
+        seqs[contrast] = SequenceParams(seq.kind, float(tr), float(min(te, 0.5 * tr)), ti)
+    return SiteProtocol(protocol.name, protocol.field_strength_t, seqs, protocol.noise_sigma, protocol.bias_strength,
+                        protocol.resolution_fraction, protocol.description)
+
+
+def _subject_fractions(config: PhantomConfig, site: str, subject: int, anatomy, grid: SliceGrid,
+                       tpl: TissueTemplate) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue and lesion fractions ``[tissue, n, y, x]``, ``[lesion, n, y, x]`` of ``subject`` on ``grid``."""
+    fractions = sample_slices(anatomy, grid, tpl)
+    if skull_stripped(config, site, subject):
+        fractions[list(_NON_BRAIN)] = 0.0
+    lesions = subject_lesions(config, site, subject, tpl)
+    if not lesions:
+        return fractions, np.zeros((len(LESION_TISSUES), *fractions.shape[1:]), dtype=np.float32)
+    return apply_lesions(fractions, lesion_fractions(lesions, grid))
+
+
 def generate_subject(
     config: PhantomConfig, site: str, subject: int, template: TissueTemplate | None = None
 ) -> np.ndarray:
@@ -259,17 +338,20 @@ def generate_subject(
         magnetisation. Contrasts are in the site's :attr:`~mrcore.data.sites.SiteProtocol.contrasts` order.
     """
     tpl = template if template is not None else load_template()
-    protocol = get_site(site)
+    protocol = subject_protocol(config, site, subject)
     anatomy, grid = _subject_setup(config, site, subject, tpl)
-    fractions = sample_slices(anatomy, grid, tpl)  # [tissue, n, y, x]
+    fractions, lesions = _subject_fractions(config, site, subject, anatomy, grid, tpl)  # [tissue|lesion, n, y, x]
     bias = bias_field(config, site, subject, grid)
     signals = sequence_signals(protocol).astype(np.float32)
+    lesion_signals = lesion_sequence_signals(protocol).astype(np.float32)
     n = fractions.shape[1]
     out = np.empty((n, signals.shape[0], *config.matrix), dtype=np.float32)
     for c in range(signals.shape[0]):
         acc = np.zeros((n, *config.matrix), dtype=np.float32)
         for t in range(len(TISSUES)):  # fixed order, element-wise: bit-reproducible
             acc += signals[c, t] * fractions[t]
+        for t in range(len(LESION_TISSUES)):
+            acc += lesion_signals[c, t] * lesions[t]
         out[:, c] = acc * bias
     return truncate_resolution(out, protocol.resolution_fraction)
 
@@ -432,12 +514,23 @@ class PhantomSource(SliceSource):
         float32 [tissue, y, x]
             In :data:`mrcore.data.tissues.TISSUES` order.
         """
+        return self.tissue_and_lesion_maps(site, index)[0]
+
+    def lesion_maps(self, site: str, index: int) -> np.ndarray:
+        """Lesion-tissue fractions of slice ``index``: float32 [lesion, y, x] in
+        :data:`mrcore.data.lesions.LESION_TISSUES` order (all zero for a subject without a lesion)."""
+        return self.tissue_and_lesion_maps(site, index)[1]
+
+    def tissue_and_lesion_maps(self, site: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tissue fractions ``[tissue, y, x]`` (lesion tissue taken out of the brain tissues, non-brain tissue
+        removed for a skull-stripped subject) and lesion fractions ``[lesion, y, x]`` of slice ``index``."""
         self.check_index(site, index)
         tpl = load_template()
         sps = self.config.slices_per_subject
         subject, k = divmod(int(index), sps)
         anatomy, grid = _subject_setup(self.config, site, subject, tpl, slices=slice(k, k + 1))
-        return sample_slices(anatomy, grid, tpl)[:, 0]
+        tissues, lesions = _subject_fractions(self.config, site, subject, anatomy, grid, tpl)
+        return tissues[:, 0], lesions[:, 0]
 
     def prepare(self) -> None:
         """Generate (or load) every site now rather than on first use."""

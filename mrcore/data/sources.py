@@ -23,7 +23,8 @@ class DataConfig:
     """Where training data comes from.
 
     Phantom keys: ``seed``, ``sites`` (empty = the default hospitals), ``subjects_per_site``,
-    ``slices_per_subject``, ``matrix`` [ny, nx], ``cache_dir``.
+    ``slices_per_subject``, ``matrix`` [ny, nx], ``cache_dir``, ``lesion_fraction``, ``skull_strip_fraction``,
+    ``sequence_jitter`` (see :class:`mrcore.data.phantom.PhantomConfig`).
     Real-data keys: ``root`` (directory), ``layout`` ('ixi' | 'brats' for NIfTI), ``site`` (site name
     for sources whose files carry none), ``matrix`` (NIfTI resampling target).
     """
@@ -38,6 +39,9 @@ class DataConfig:
     root: Path | None = None
     layout: Literal["ixi", "brats"] = "ixi"
     site: str | None = None
+    lesion_fraction: float = 0.5       # phantom: share of subjects with a lesion (tumour, necrosis, oedema)
+    skull_strip_fraction: float = 0.0  # phantom: share of subjects delivered skull-stripped
+    sequence_jitter: float = 0.0       # phantom: per-subject TR/TE/TI spread (fraction) around each site's protocol
     extra: dict = field(default_factory=dict)
 
 
@@ -56,6 +60,9 @@ def open_source(cfg: DataConfig) -> SliceSource:
                 slices_per_subject=cfg.slices_per_subject,
                 matrix=(int(cfg.matrix[0]), int(cfg.matrix[1])),
                 cache_dir=Path(cfg.cache_dir),
+                lesion_fraction=cfg.lesion_fraction,
+                skull_strip_fraction=cfg.skull_strip_fraction,
+                sequence_jitter=cfg.sequence_jitter,
                 **cfg.extra,
             )
         )

@@ -59,7 +59,8 @@ def new_mr_series(volume: np.ndarray, geometry: SeriesGeometry, *, model_name: s
     placeholder.PatientPosition = "HFS"
     out = build_derived_series([placeholder], volume, model_name=model_name, model_version=model_version,
                                series_description=series_description, series_number_offset=series_number,
-                               geometry=geometry, same_contrast=False, series_instance_uid=series_uid, now=now)
+                               geometry=geometry, same_contrast=False, series_instance_uid=series_uid, now=now,
+                               synthetic=not original)
     for ds in out:
         for kw in ("SourceImageSequence", "ReferencedSeriesSequence"):
             if kw in ds:

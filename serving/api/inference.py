@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mrcore.intensity import robust_scale
 from serving.client import InferenceUnavailable, ModelStatus, TritonClient, UnknownModel
 
 if TYPE_CHECKING:
@@ -220,15 +221,17 @@ class Inference:
 
     def synthesize(self, volume: np.ndarray, source: str, target: str, model: str,
                    progress: Progress | None = None) -> np.ndarray:
-        """volume float32 [S, H, W] -> float32 [S, H, W] through ``model``."""
+        """volume float32 [S, H, W] -> float32 [S, H, W] through ``model``; the whole series is normalised with
+        one robust scale (:func:`mrcore.intensity.robust_scale`) whatever the chunking."""
         self.require_model(model)
+        scale = robust_scale(volume)
         s = volume.shape[0]
         out = []
         for start in range(0, s, self.chunk_slices):
             stop = min(s, start + self.chunk_slices)
             with self.client() as c:
                 img = self._timed("synthesis", model, stop - start,
-                                  lambda: c.synthesize(volume[start:stop], source, target, model=model))  # noqa: B023 - called at once, inside this iteration
+                                  lambda: c.synthesize(volume[start:stop], source, target, model=model, scale=scale))  # noqa: B023 - called at once, inside this iteration
             out.append(np.asarray(img, dtype=np.float32))
             if progress:
                 progress(stop)

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mrcore.intensity import NormalisationError
 from mrcore.quality import QualityInputError
 from serving.api.errors import ApiError
 from serving.api.outputs import OutputMeta, Rendered, render
-from serving.dicom import SeriesGeometry
+from serving.dicom import SeriesGeometry, derivation_description
 from serving.quality import apply_policy, header_value, log_verdicts, summary_line
 
 if TYPE_CHECKING:
@@ -104,7 +105,12 @@ def reconstruct(inference: Inference, req: ReconInput, opts: ReconOptions,
 
 def synthesize(inference: Inference, req: SynthInput, opts: SynthOptions,
                progress: Progress | None = None) -> Rendered:
-    image = inference.synthesize(req.volume, opts.source, opts.target, opts.model, progress=progress)
+    try:
+        image = inference.synthesize(req.volume, opts.source, opts.target, opts.model, progress=progress)
+    except NormalisationError as exc:
+        raise ApiError(422, f"the source series cannot be normalised for synthesis: {exc}", field="PixelData",
+                       expected="a magnitude series with at least some foreground (a head in the field of view)",
+                       code="cannot_normalise") from None
     if image.shape != req.volume.shape or not np.isfinite(image).all():
         raise ApiError(422, f"model {opts.model} returned {image.dtype} {image.shape}; expected finite float32 "
                             f"{req.volume.shape}", field="model", expected="a synthesis model",
@@ -118,4 +124,6 @@ def synthesize(inference: Inference, req: SynthInput, opts: SynthOptions,
                       frames=series.frames if series is not None else None, nifti=req.nifti)
     meta.headers["X-Source-Contrast"] = opts.source
     meta.headers["X-Target-Contrast"] = opts.target
+    meta.headers["X-Synthetic-Data"] = "YES"
+    meta.headers["X-Derivation-Description"] = derivation_description(opts.model, meta.version)
     return render(opts.format, image, meta, slice_index=opts.slice_index)

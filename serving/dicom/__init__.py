@@ -11,10 +11,12 @@ expected: REST answers 4xx, the DICOM node a DIMSE failure status.
 """
 
 from serving.dicom.derived import (
+    SYNTHESIS_CODE,
     UINT16_MAX,
     build_derived_series,
     dataset_bytes,
     datasets_zip,
+    derivation_description,
     intensity_mapping,
     real_world_values,
 )
@@ -50,6 +52,7 @@ __all__ = [
     "KSPACE_PRIVATE_CREATOR",
     "MR_IMAGE_STORAGE",
     "RAW_DATA_STORAGE",
+    "SYNTHESIS_CODE",
     "UINT16_MAX",
     "DicomInputError",
     "KSpaceFile",
@@ -57,6 +60,7 @@ __all__ = [
     "SeriesGeometry",
     "SeriesVolume",
     "build_derived_series",
+    "derivation_description",
     "check_image",
     "check_kspace_instance",
     "dataset_bytes",

@@ -11,6 +11,10 @@ What every derived instance carries
 * Geometry preserved: ``ImagePositionPatient``, ``ImageOrientationPatient``, ``PixelSpacing``,
   ``SliceThickness``, ``FrameOfReferenceUID``.
 * ``SeriesDescription`` configurable, ``SeriesNumber`` = source series number + offset.
+* A synthesized series (another contrast than its source: ``synthetic``, the default when ``same_contrast`` is
+  False) carries **Synthetic Data (0008,001C) = YES** on every instance and a ``DerivationCodeSequence`` with
+  :data:`SYNTHESIS_CODE` (no DICOM-defined code in CID 7203 names contrast synthesis; a local coding scheme
+  ``99MRISVC`` says it), next to the ``DerivationDescription`` naming model and version.
 * Pixels: one linear float -> uint16 mapping for the whole series, ``stored = round((v - lo) / slope)`` with
   ``lo = min(0, min(volume))`` and ``slope = (max(volume) - lo) / 65535``; the inverse is recorded in
   ``RealWorldValueMappingSequence`` (``RealWorldValueIntercept = lo``, ``RealWorldValueSlope = slope``) so
@@ -52,8 +56,17 @@ from serving.dicom.series import ENHANCED_MR_IMAGE_STORAGE, MR_IMAGE_STORAGE, ge
 if TYPE_CHECKING:
     from serving.dicom.geometry import SeriesGeometry
 
-__all__ = ["UINT16_MAX", "build_derived_series", "dataset_bytes", "datasets_zip", "intensity_mapping",
-           "real_world_values"]
+__all__ = ["SYNTHESIS_CODE", "UINT16_MAX", "build_derived_series", "dataset_bytes", "datasets_zip",
+           "derivation_description", "intensity_mapping", "real_world_values"]
+
+#: (Code Value, Coding Scheme Designator, Code Meaning) of the Derivation Code Sequence item of a synthesized
+#: series. Local ("99" prefix) coding scheme: DICOM's CID 7203 (Image Derivation) has no code for it.
+SYNTHESIS_CODE = ("SYNTH-CONTRAST", "99MRISVC", "Contrast synthesized by a generative model")
+
+
+def derivation_description(model_name: str, model_version: str | int) -> str:
+    """``DerivationDescription`` of a derived instance (and the REST header of the same content)."""
+    return f"{model_name} version {model_version} (mri-service)"[:1024]
 
 def intensity_mapping(volume: np.ndarray) -> tuple[float, float]:
     """The series-wide float -> uint16 mapping ``(lo, slope)``: ``stored = round((v - lo) / slope)``.
@@ -94,6 +107,7 @@ def build_derived_series(
     same_contrast: bool = True,
     series_instance_uid: str | None = None,
     now: _dt.datetime | None = None,
+    synthetic: bool | None = None,
 ) -> list[Dataset]:
     """Build a derived MR series (MR Image Storage, one instance per slice) from a float volume.
 
@@ -121,6 +135,9 @@ def build_derived_series(
         UID of the new series (default: generated). SOP Instance UIDs derive from it deterministically.
     now : datetime, optional
         Content / instance creation time (default: now).
+    synthetic : bool, optional
+        Mark every instance as synthetic data (``SyntheticData = YES``, ``DerivationCodeSequence``); default:
+        ``not same_contrast`` (a synthesized contrast).
 
     Returns
     -------
@@ -159,7 +176,9 @@ def build_derived_series(
     source_number = int(first.get("SeriesNumber") or 0) if str(first.get("SeriesNumber", "")).strip() else 0
     if series_description is None:
         series_description = f"{first.get('SeriesDescription', '') or ''} {model_name}".strip()
-    description = f"{model_name} version {model_version} (mri-service)"[:1024]
+    description = derivation_description(model_name, model_version)
+    if synthetic is None:
+        synthetic = not same_contrast
     for_uid = geometry.frame_of_reference_uid or first.get("FrameOfReferenceUID") \
         or generate_uid(entropy_srcs=[series_uid, "for"])
     acquisition_source = first if same_contrast and str(first.SOPClassUID) == MR_IMAGE_STORAGE else None
@@ -177,6 +196,9 @@ def build_derived_series(
         image_plane(ds, geometry, i)
         mr_image(ds, stored[i], source=acquisition_source, window=(float(p_lo + width / 2), width))
         real_world_value_mapping(ds, lo, slope, f"{model_name} output")
+        if synthetic:
+            ds.SyntheticData = "YES"
+            ds.DerivationCodeSequence = DicomSequence([code_item(*SYNTHESIS_CODE)])
         sop_common(ds, MR_IMAGE_STORAGE, generate_uid(entropy_srcs=[series_uid, str(i)]), date=date, time=time)
         file_meta(ds)
         out.append(ds)

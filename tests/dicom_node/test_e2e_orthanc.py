@@ -56,6 +56,10 @@ def assert_derived_matches(derived_ds, sources, expected_volume, tmp_path, *, of
         assert int(d.SeriesNumber) == int(sources[0].SeriesNumber) + offset
         assert description_part in str(d.SeriesDescription)
         assert "version" in str(d.DerivationDescription)
+        if "synthetic" in description_part:  # every synthesized instance says so (Synthetic Data, 0008,001C)
+            assert d.SyntheticData == "YES" and len(d.DerivationCodeSequence) == 1
+        else:
+            assert "SyntheticData" not in d
         assert [str(r.SeriesInstanceUID) for r in d.ReferencedSeriesSequence] == [src_series]
         i, src = by_pos[tuple(np.round(np.array(d.ImagePositionPatient, float), 3))]
         assert str(d.SourceImageSequence[0].ReferencedSOPInstanceUID) == str(src.SOPInstanceUID)

@@ -245,6 +245,8 @@ def test_synthesis_from_a_dicom_zip_keeps_patient_study_geometry_and_references_
     r = http.post("/v1/synthesize?target=T2w", content=(examples / "t1w_series.zip").read_bytes())
     assert r.status_code == 200, r.text[:500]
     assert r.headers["x-model"] == "synth_t1w_to_t2w" and r.headers["x-source-contrast"] == "T1w"
+    assert r.headers["x-synthetic-data"] == "YES"
+    assert r.headers["x-derivation-description"].startswith("synth_t1w_to_t2w version ")
     out = sorted(_zip_datasets(r.content), key=lambda d: float(d.ImagePositionPatient[2]))
     src = sorted(src, key=lambda d: float(d.ImagePositionPatient[2]))
     assert len(out) == len(src) == 4
@@ -253,12 +255,15 @@ def test_synthesis_from_a_dicom_zip_keeps_patient_study_geometry_and_references_
         assert o.StudyInstanceUID == s.StudyInstanceUID and o.FrameOfReferenceUID == s.FrameOfReferenceUID
         assert o.SeriesInstanceUID != s.SeriesInstanceUID and o.SOPInstanceUID != s.SOPInstanceUID
         assert list(o.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert o.SyntheticData == "YES" and len(o.DerivationCodeSequence) == 1
+        assert o.DerivationDescription == r.headers["x-derivation-description"]
         assert list(o.ImagePositionPatient) == list(s.ImagePositionPatient)
         assert list(o.PixelSpacing) == list(s.PixelSpacing)
         assert o.SourceImageSequence[0].ReferencedSOPInstanceUID == s.SOPInstanceUID
         assert o.ReferencedSeriesSequence[0].SeriesInstanceUID == s.SeriesInstanceUID
     r = http.post("/v1/synthesize?source=T1w&target=T2w", content=(examples / "t1w.nii.gz").read_bytes())
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-nifti"
+    assert r.headers["x-synthetic-data"] == "YES"
     assert nib.Nifti1Image.from_bytes(r.content).shape == (128, 128, 4)
 
 

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from serving.dicom import (
+    SYNTHESIS_CODE,
     build_derived_series,
     datasets_zip,
     decode_kspace,
+    derivation_description,
     encode_kspace,
     intensity_mapping,
     read_series,
@@ -53,9 +55,20 @@ def test_identity_references_geometry_and_one_mapping(source, tmp_path):
         assert [float(v) for v in d.PixelSpacing] == pytest.approx([float(v) for v in s.PixelSpacing])
         assert d.FrameOfReferenceUID == s.FrameOfReferenceUID
         assert d.ScanningSequence == "RM"  # synthesis: the source's TR/TE do not describe the output
+        assert d.SyntheticData == "YES" and d[0x0008, 0x001C].value == "YES"  # Synthetic Data (0008,001C)
+        code = d.DerivationCodeSequence[0]
+        assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == SYNTHESIS_CODE
         assert d.pixel_array.dtype == np.uint16
         np.testing.assert_allclose(real_world_values(d), out_vol[i], atol=slope / 2 + 1e-7)
     assert len({str(d.SOPInstanceUID) for d in out}) == 4
+
+
+def test_only_a_synthesized_series_is_marked_synthetic(source):
+    recon = build_derived_series(source.datasets, source.volume, model_name="recon_unrolled", model_version="2")
+    assert all("SyntheticData" not in d and "DerivationCodeSequence" not in d for d in recon)
+    forced = build_derived_series(source.datasets, source.volume, model_name="m", model_version="1", synthetic=True)
+    assert all(d.SyntheticData == "YES" for d in forced)
+    assert derivation_description("synth_t1w_to_flair", 2) == "synth_t1w_to_flair version 2 (mri-service)"
 
 
 def test_uids_are_deterministic_for_a_given_series_uid(source):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mrcore.config import ConfigError
+from mrcore.intensity import foreground_mask, robust_scale
 from training.federation.registry import family_from_config
 from training.federation.runconfig import load_run_config
 from training.synthesis.config import AugmentConfig
@@ -77,7 +78,35 @@ def test_paired_ratio_and_unpaired_partners(tmp_path):
             else:
                 assert item["paired"] == 0 and ds.partner[i] != i and not ds.paired[ds.partner[i]]
         assert sorted(ds.partner[~ds.paired]) == sorted(np.flatnonzero(~ds.paired))  # a permutation
-    np.testing.assert_allclose(ds[0]["a"].mean(), 1.0, rtol=1e-4)  # normalised: mean 1
+    a_all = ds.a.numpy()
+    np.testing.assert_allclose(np.median(a_all[foreground_mask(a_all)]), 1.0, rtol=1e-4)  # the volume's foreground median
+
+
+def test_normalisation_is_per_subject_volume_and_patches_crop_pairs_alike():
+    rng = np.random.default_rng(1)
+    a = rng.random((6, 40, 40)).astype(np.float32) + 0.5
+    a[3:] = a[:3] * 100.0  # subject 1: the same anatomy at another scanner scale
+    subjects = np.array([0, 0, 0, 1, 1, 1])
+    ds = ContrastPairs(a, 3 * a, np.ones(6, bool), subjects, AugmentConfig(misalign=False, patch_size=16), seed=0)
+    for s in (0, 1):
+        vol = ds.a[subjects == s, 0].numpy()
+        assert robust_scale(vol) == pytest.approx(1.0, rel=1e-4)
+    np.testing.assert_allclose(ds.a[:3, 0].numpy(), a[:3] / robust_scale(a[:3]), rtol=1e-5)
+    np.testing.assert_allclose(ds.a[3:, 0].numpy(), ds.a[:3, 0].numpy(), rtol=1e-4)  # the scanner scale is gone
+    item = ds[4]
+    assert item["a"].shape == item["b"].shape == (1, 16, 16)
+    # paired: the same position in both contrasts (b = 3a in raw units, both normalised per subject -> equal)
+    np.testing.assert_allclose(item["a"].numpy(), item["b"].numpy(), rtol=1e-5)
+    whole = ContrastPairs(a, 3 * a, np.ones(6, bool), subjects, AugmentConfig(misalign=False), seed=0)
+    assert whole[4]["a"].shape == (1, 40, 40)
+    with pytest.raises(ConfigError, match="patch_size"):
+        AugmentConfig(patch_size=8)
+
+
+def test_pd_to_t2w_and_t1w_to_flair_are_trainable_from_the_config(tmp_path):
+    for direction in ("PD->T2w", "T1w->FLAIR"):
+        fam = small_family(tmp_path / direction.replace(">", ""), f"synthesis.direction={direction}")
+        assert fam.contrasts == tuple(direction.split("->"))
 
 
 def test_misalignment_rotates_shifts_and_scales():

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from mrcore.intensity import normalise_series
 from training.models.synthesis import (
     CycleGenerators,
     PatchDiscriminator,
@@ -51,13 +52,20 @@ def test_opacus_accepts_the_generators():
             assert ModuleValidator.validate(build_synthesis_generator(kind, 4, 2, 1, norm), strict=False) == []
 
 
-def test_export_module_is_scale_invariant():
+def test_export_module_on_normalised_series_is_scale_invariant():
+    """The graph takes a series normalised by mrcore.intensity (as the serving client sends it): the scanner
+    scale is gone before the model, and the output is the generator's, clamped at 0."""
     torch.manual_seed(0)
-    m = SynthesisExport(build_synthesis_generator("resnet", 4, 2, 1)).eval()
-    x = torch.rand(2, 1, 33, 40)
+    g = build_synthesis_generator("resnet", 4, 2, 1)
+    m = SynthesisExport(g).eval()
+    x = np.random.default_rng(0).random((2, 33, 40)).astype(np.float32) + 0.2
+    a = torch.from_numpy(normalise_series(x)[0])[:, None]
+    b = torch.from_numpy(normalise_series(1000.0 * x)[0])[:, None]
     with torch.no_grad():
-        torch.testing.assert_close(m(x), m(1000.0 * x), rtol=1e-4, atol=1e-5)
-        assert (m(x) >= 0).all()
+        torch.testing.assert_close(m(a), m(b), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m(a), torch.relu(g(a)))
+        assert (m(a) >= 0).all()
+    x = torch.from_numpy(x)[:, None]
     torch.testing.assert_close(normalise(x).mean(dim=(-2, -1)), torch.ones(2, 1), rtol=1e-5, atol=1e-5)
 
 
@@ -65,7 +73,7 @@ def test_export_module_is_scale_invariant():
 @pytest.mark.parametrize("kind", ["resnet", "unet"])
 def test_onnx_export_dynamic_batch_height_width(tmp_path, kind):
     """The lead's export call: dynamo=True, dynamic batch/height/width (>= 16); ORT matches PyTorch to 1e-5
-    relative at odd, non-square sizes and at any intensity scale."""
+    relative at odd, non-square sizes, for series at any scanner scale normalised as the client sends them."""
     import onnxruntime as ort
     from torch.export import Dim
 
@@ -78,7 +86,7 @@ def test_onnx_export_dynamic_batch_height_width(tmp_path, kind):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for b, h, w, scale in [(2, 64, 64, 1.0), (1, 61, 77, 350.0), (3, 16, 23, 0.01)]:
-        img = (scale * rng.random((b, 1, h, w))).astype(np.float32)
+        img = normalise_series((scale * rng.random((b, 1, h, w))).astype(np.float32))[0]
         with torch.no_grad():
             ref = model(torch.from_numpy(img)).numpy()
         (out,) = sess.run(None, {"image": img})

@@ -62,6 +62,8 @@ def config_text(model: ServableModel, gpu: bool) -> str:
 def card_markdown(card: dict) -> str:
     """A human-readable model card from the JSON card."""
     lines = [f"# {card['name']} (version {card['version']})", "", card.get("description", ""), ""]
+    if card.get("limitations"):
+        lines += ["## Limitations", "", card["limitations"], ""]
     lines += ["## Tensors", "", "| | name | shape | meaning |", "|---|---|---|---|"]
     for kind in ("inputs", "outputs"):
         for t in card[kind]:

@@ -3,9 +3,10 @@ export wrapper that takes raw magnitude images.
 
 Tensor conventions
 ------------------
-* Generators and discriminators work on *normalised* magnitude images ``float32 [B, 1, H, W]``:
-  each image divided by its own mean over ``H, W`` (:func:`normalise`), so that the intensity scale of a
-  site (field strength, coil, receiver gain) does not matter. A normalised image has mean 1.
+* Generators and discriminators work on *normalised* magnitude images ``float32 [B, 1, H, W]``: each
+  series (subject volume) divided by the median of its foreground (:func:`mrcore.intensity.robust_scale`,
+  applied by the data pipeline in training and by the shared serving client), so that the intensity scale
+  of a site (field strength, coil, receiver gain, vendor scaling) does not matter. Typical tissue sits near 1.
 * Any ``H, W >= 16``, odd and non-square included: downsampling is a stride-2 convolution (output
   ``ceil(n / 2)``) and upsampling resizes to exactly the size of the matching encoder level.
 * No BatchNorm anywhere (Opacus' per-sample gradients need per-sample layers): InstanceNorm (affine) or
@@ -148,12 +149,13 @@ class CycleGenerators(nn.Module):
 
 
 class SynthesisExport(nn.Module):
-    """A trained generator for deployment: raw magnitude in, synthesised contrast (normalised units) out.
+    """A trained generator for deployment: normalised source magnitude in, synthesised contrast out.
 
-    ``forward(image: float32 [B, 1, H, W])`` at any intensity scale; divides each image by its own mean
-    (:func:`normalise`), applies the generator and clamps at 0. The output is the synthesised target
-    contrast in *normalised units*: the scale in which every training target had mean 1 over its slice
-    (multiply by any positive factor for display; the contrast between tissues is what was learned).
+    ``forward(image: float32 [B, 1, H, W])``: slices of a series already divided by the series' robust
+    scale (:func:`mrcore.intensity.normalise_series`; :meth:`serving.client.TritonClient.synthesize` does
+    it for the whole series before chunking); applies the generator and clamps at 0. The output is the
+    synthesised target contrast in *normalised units* (the target series' foreground median is 1 in
+    training; multiply by any positive factor for display).
     """
 
     def __init__(self, generator: nn.Module) -> None:
@@ -161,7 +163,7 @@ class SynthesisExport(nn.Module):
         self.generator = generator
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.generator(normalise(image)))
+        return F.relu(self.generator(image))
 
 
 def build_synthesis_generator(name: str, chans: int = 16, depth: int = 2, num_res_blocks: int = 4,

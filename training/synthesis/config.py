@@ -111,8 +111,11 @@ class AugmentConfig:
     rotation_deg: float = 10.0      # uniform in [-r, r]
     translation: float = 0.05       # fraction of the image size, uniform in [-t, t] per axis
     scale: tuple[float, float] = (0.9, 1.1)
+    patch_size: int = 0             # train on random square patches of this size (0: whole slices)
 
     def __post_init__(self) -> None:
+        if self.patch_size < 0 or 0 < self.patch_size < 16:
+            raise ConfigError(f"augment.patch_size must be 0 (whole slices) or >= 16, got {self.patch_size}")
         if not 0 <= self.rotation_deg <= 180 or not 0 <= self.translation < 0.5:
             raise ConfigError("augment.rotation_deg must be in [0, 180] and augment.translation in [0, 0.5)")
         if not 0 < self.scale[0] <= self.scale[1]:

@@ -7,8 +7,11 @@ training example ``(a, b)``: ``a`` a slice of the source contrast A, ``b`` a sli
 * unpaired record: ``b`` comes from another slice of the site's unpaired set (re-drawn every epoch) and,
   with ``augment.misalign``, is rotated, shifted and scaled at random (FedMed-GAN's misaligned data).
 
-Images are Rician magnitudes as the scanner delivers them, divided by their own mean
-(:func:`training.models.synthesis.normalise`): a site's arbitrary intensity scale does not matter.
+Images are Rician magnitudes as the scanner delivers them, each subject's volume divided by the median of its
+foreground (:func:`mrcore.intensity.robust_scale`, the same function the served path applies to an uploaded
+series): a site's arbitrary intensity scale does not matter. With ``augment.patch_size`` the training records
+are random square patches (the same position in ``a`` and its paired ``b``) of the full-resolution slices;
+evaluation always uses whole slices.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from mrcore.data.base import SliceSource
-from training.models.synthesis import NORM_EPS
+from mrcore.intensity import robust_scale
 from training.synthesis.config import PARTITIONS, AugmentConfig
 
 
@@ -67,11 +70,24 @@ def random_affine(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfi
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0].numpy()
 
 
-def mean_normalise(images: np.ndarray) -> np.ndarray:
-    """``images / mean(images)`` per image over the last two axes (numpy twin of
-    :func:`training.models.synthesis.normalise`); float32, same shape."""
+def subject_scales(images: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+    """float32 [N]: for every slice of ``images [N, H, W]``, the robust scale of its subject's volume (all the
+    slices of the same subject, :func:`mrcore.intensity.robust_scale`)."""
+    scales = np.empty(len(images), dtype=np.float32)
+    for s in np.unique(subjects):
+        sel = subjects == s
+        scales[sel] = robust_scale(images[sel])
+    return scales
+
+
+def volume_normalise(images: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+    """``images [N, H, W]`` divided by their subject's robust scale (:func:`subject_scales`); float32."""
     images = np.asarray(images, dtype=np.float32)
-    return (images / (images.mean(axis=(-2, -1), keepdims=True) + NORM_EPS)).astype(np.float32)
+    return (images / subject_scales(images, subjects)[:, None, None]).astype(np.float32)
+
+
+def _crop(x: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
+    return x[..., top:top + size, left:left + size]
 
 
 class ContrastPairs(Dataset):
@@ -102,10 +118,12 @@ class ContrastPairs(Dataset):
             raise ValueError(f"contrast images differ in shape: {a.shape} vs {b.shape}")
         self.a_raw = np.asarray(a, dtype=np.float32)
         self.b_raw = np.asarray(b, dtype=np.float32)
-        self.a = torch.from_numpy(mean_normalise(self.a_raw))[:, None]
-        self.b = torch.from_numpy(mean_normalise(self.b_raw))[:, None]
+        subjects = np.asarray(subjects, dtype=np.int64)
+        self.b_scale = subject_scales(self.b_raw, subjects)
+        self.a = torch.from_numpy(volume_normalise(self.a_raw, subjects))[:, None]
+        self.b = torch.from_numpy(self.b_raw / self.b_scale[:, None, None])[:, None]
         self.paired = np.asarray(paired, dtype=bool)
-        self.subject = torch.as_tensor(np.asarray(subjects, dtype=np.int64))
+        self.subject = torch.as_tensor(subjects)
         self.augment = augment
         self.seed = int(seed)
         self.unpaired_idx = np.flatnonzero(~self.paired)
@@ -152,17 +170,27 @@ class ContrastPairs(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         i = int(i)
+        a = self.a[i]
         if self.paired[i]:
             b = self.b[i]
         else:
             j = int(self.partner[i])
             if self.augment is not None and self.augment.misalign:
                 rng = np.random.default_rng((self.seed, self.epoch, i, 13))
-                warped = random_affine(self.b_raw[j], rng, self.augment)
-                b = torch.from_numpy(mean_normalise(warped))[None]
+                warped = random_affine(self.b_raw[j] / self.b_scale[j], rng, self.augment)
+                b = torch.from_numpy(warped.astype(np.float32))[None]
             else:
                 b = self.b[j]
-        return {"a": self.a[i], "b": b, "paired": torch.tensor(float(self.paired[i])), "subject": self.subject[i]}
+        size = self.augment.patch_size if self.augment is not None else 0
+        h, w = a.shape[-2:]
+        if size and size < min(h, w):
+            rng = np.random.default_rng((self.seed, self.epoch, i, 19))
+            top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            a = _crop(a, top, left, size)
+            if not self.paired[i]:  # an unpaired target: a patch of its own, elsewhere
+                top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            b = _crop(b, top, left, size)
+        return {"a": a, "b": b, "paired": torch.tensor(float(self.paired[i])), "subject": self.subject[i]}
 
 
 def choose_paired(n: int, ratio: float, seed: int) -> np.ndarray:

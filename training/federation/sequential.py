@@ -1,0 +1,81 @@
+"""FedAvg without Ray: every site trained in turn in this process (``mri-train federated --engine sequential``).
+
+The same rounds as :func:`training.federation.coordinator.run_coordinator` through Flower's simulation engine:
+each site's :meth:`~training.federation.family.Family.train_site` (its own state directory, DP ledger and
+audit of what leaves it), FedAvg weighted by each site's number of training examples, the same checkpoints
+(``checkpoints/round_NNN.npz`` / ``.json``), ``metrics.jsonl`` rows and resume. Meant for machines where the Ray
+runtime cannot start (a node that times out during startup on a saturated CPU); sites do not run side by
+side, so a round takes the sum of the sites' times.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from mrcore.durable import append_durable, write_durable, write_json_durable
+from training.federation.checkpoints import checkpoint_path, latest_checkpoint
+from training.federation.coordinator import _truncate_metrics, check_same_run
+from training.federation.records import audit_outgoing, load_arrays, save_arrays
+from training.federation.registry import family_from_yaml
+
+log = logging.getLogger(__name__)
+
+
+def fedavg(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.ndarray]:
+    """Average of the sites' arrays weighted by their number of examples."""
+    total = float(sum(n for _, n in updates))
+    keys = updates[0][0].keys()
+    return {k: (sum(np.asarray(a[k], np.float64) * (n / total) for a, n in updates)).astype(updates[0][0][k].dtype)
+            for k in keys}
+
+
+def run_sequential(run_cfg: dict, progress: Callable[[int, dict], None] | None = None) -> dict[str, np.ndarray]:
+    """Run (or resume) ``run_cfg``'s rounds with the sites trained one after the other; the final weights."""
+    text = yaml.safe_dump(run_cfg, sort_keys=True)
+    family = family_from_yaml(text)
+    if family.target_site:
+        raise ValueError("the sequential engine does not run FL-MRCM target sites; use --engine flower")
+    run_dir = Path(run_cfg["run_dir"])
+    total = int(run_cfg["federation"]["rounds"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_same_run(run_dir, run_cfg)
+    write_durable(run_dir / "config.yaml", text)
+    arrays = family.initial_arrays()
+    offset = 0
+    found = latest_checkpoint(run_dir) if run_cfg["federation"].get("resume", True) else None
+    if found is not None:
+        offset, path = found
+        arrays = load_arrays(path)
+    _truncate_metrics(run_dir, offset)
+    evaluate_sites = bool(run_cfg["federation"].get("evaluate_sites", True))
+    for g in range(offset + 1, total + 1):
+        t0 = time.perf_counter()
+        updates, train, val = [], {}, {}
+        for site in family.train_sites:
+            state_dir = run_dir / "sites" / site
+            update = family.train_site(site, arrays, g, state_dir)
+            audit_outgoing(state_dir, site, g, update.arrays, update.num_examples)
+            updates.append((update.arrays, update.num_examples))
+            train[site] = {**update.metrics, "num-examples": update.num_examples}
+        arrays = fedavg(updates)
+        if evaluate_sites:
+            for site in family.train_sites:
+                val[site] = {**family.evaluate_site(site, arrays), "num-examples": 1}
+        save_arrays(arrays, checkpoint_path(run_dir, g))
+        heldout = family.evaluate_heldout(arrays)
+        family.write_artifacts(arrays, g, run_dir)
+        row = {"round": g, "seconds": round(time.perf_counter() - t0, 2), "train": train, "val": val,
+               "heldout": heldout, "engine": "sequential"}
+        append_durable(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
+        write_json_durable(checkpoint_path(run_dir, g, ".json"), row, indent=1)
+        log.info("round %d: %s", g, heldout)
+        if progress is not None:
+            progress(g, row)
+    return arrays
