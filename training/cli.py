@@ -236,7 +236,7 @@ def recon_generalization(
     (out.with_suffix(".cs.json")).write_text(json.dumps(cs_settings, indent=1))
     typer.echo(f"wrote {out}")
     if update_cards:
-        from training.export.triton_repo import add_card_evaluation  # deferred with the export package
+        from training.export.triton_repo import add_card_evaluation  # deferred: onnx and the export package (seconds)
 
         command = "mri-train " + " ".join(sys.argv[1:])
         for name, (path, _) in models.items():

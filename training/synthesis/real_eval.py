@@ -78,7 +78,7 @@ class Patient:
 
 
 def load_patient(root: Path = EVALDATA, name: str = PATIENT, slices: tuple[int, ...] = PATIENT_SLICES) -> Patient:
-    import nibabel as nib  # deferred
+    import nibabel as nib  # deferred: only this evaluation reads NIfTI
 
     vols = {c: np.asarray(nib.load(str(Path(root) / f"{name}_{f}.nii.gz")).get_fdata(), dtype=np.float32)
             for c, f in FILES.items()}
@@ -105,7 +105,7 @@ def lesion_mask(flair: np.ndarray, brain: np.ndarray, factor: float = 1.5, min_v
 
 def brain_scores(truth: np.ndarray, pred: np.ndarray, brain: np.ndarray) -> dict[str, float]:
     """PSNR / SSIM / NMSE over ``brain`` voxels (images zeroed outside it; data range = truth's brain max)."""
-    from skimage.metrics import structural_similarity  # deferred
+    from skimage.metrics import structural_similarity  # deferred: scikit-image is slow to import
 
     t = np.where(brain, truth, 0).astype(np.float64)
     p = np.where(brain, pred, 0).astype(np.float64)
@@ -156,10 +156,10 @@ def evaluate_patient(patient: Patient, models: dict[str, tuple[str, Model]],
 
 def plot_patient(patient: Patient, rows: list[dict], direction: str, out: Path, picks=(5, 8, 11)) -> None:
     """PNG grid: source, synthesized (the model row, else linear), truth, |error|, lesion outline on the truth."""
-    import matplotlib
+    import matplotlib  # deferred: plotting only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: plotting only
 
     src, dst = direction.split("->")
     mine = [r for r in rows if r["direction"] == direction and "_pred" in r]
@@ -300,7 +300,7 @@ def phantom_lesion_rows(run_cfg: dict, models: dict[str, tuple[str, Model]],
     site) of ``run_cfg``: source, truth and each served model. Lesion: lesion-tissue fraction > 0.5; reference:
     brain (CSF+GM+WM > 0.9) more than 5 pixels from any lesion tissue. Every subject volume normalised by the
     served rule."""
-    from mrcore.config import build
+    from mrcore.config import build  # deferred: only the phantom table builds configs
     from mrcore.data.sources import DataConfig, open_source  # deferred: the phantom
 
     d = run_cfg["data"]
