@@ -78,19 +78,17 @@ def check_same_run(run_dir: Path, run_cfg: dict) -> None:
         )
 
 
-def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
-    """Run (or resume) the rounds of ``run_cfg``; return the final shared weights.
+def start_run(run_cfg: dict):
+    """Open ``run_cfg``'s run directory for training: the same run or none (:func:`check_same_run`), its config
+    written, the last checkpoint resumed (unless ``federation.resume`` is false) and later metric rows dropped.
 
-    ``progress``: optional callable ``(round, record)`` called after every round (progress bars).
-    """
+    Returns ``(family, run_dir, arrays, rounds already done)``."""
     text = yaml.safe_dump(run_cfg, sort_keys=True)
     family = family_from_yaml(text)
     run_dir = Path(run_cfg["run_dir"])
-    total_rounds = int(run_cfg["federation"]["rounds"])
     run_dir.mkdir(parents=True, exist_ok=True)
     check_same_run(run_dir, run_cfg)
     write_durable(run_dir / "config.yaml", text)
-
     arrays = family.initial_arrays()
     offset = 0
     found = latest_checkpoint(run_dir) if run_cfg["federation"].get("resume", True) else None
@@ -99,6 +97,17 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
         arrays = load_arrays(path)
         log.info("resuming from round %d (%s)", offset, path.name)
     _truncate_metrics(run_dir, offset)
+    return family, run_dir, arrays, offset
+
+
+def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
+    """Run (or resume) the rounds of ``run_cfg``; return the final shared weights.
+
+    ``progress``: optional callable ``(round, record)`` called after every round (progress bars).
+    """
+    family, run_dir, arrays, offset = start_run(run_cfg)
+    text = yaml.safe_dump(run_cfg, sort_keys=True)
+    total_rounds = int(run_cfg["federation"]["rounds"])
     if offset >= total_rounds:
         log.info("all %d rounds already done", total_rounds)
         return arrays

@@ -14,15 +14,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import yaml
 
-from mrcore.durable import append_durable, write_durable, write_json_durable
-from training.federation.checkpoints import checkpoint_path, latest_checkpoint
-from training.federation.coordinator import _truncate_metrics, check_same_run
-from training.federation.records import audit_outgoing, load_arrays, save_arrays
+from mrcore.durable import append_durable, write_json_durable
+from training.federation.checkpoints import checkpoint_path
+from training.federation.coordinator import start_run
+from training.federation.records import audit_outgoing, save_arrays
 from training.federation.registry import family_from_yaml
 
 log = logging.getLogger(__name__)
@@ -38,22 +37,10 @@ def fedavg(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.nda
 
 def run_sequential(run_cfg: dict, progress: Callable[[int, dict], None] | None = None) -> dict[str, np.ndarray]:
     """Run (or resume) ``run_cfg``'s rounds with the sites trained one after the other; the final weights."""
-    text = yaml.safe_dump(run_cfg, sort_keys=True)
-    family = family_from_yaml(text)
-    if family.target_site:
+    if family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True)).target_site:
         raise ValueError("the sequential engine does not run FL-MRCM target sites; use --engine flower")
-    run_dir = Path(run_cfg["run_dir"])
+    family, run_dir, arrays, offset = start_run(run_cfg)
     total = int(run_cfg["federation"]["rounds"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_same_run(run_dir, run_cfg)
-    write_durable(run_dir / "config.yaml", text)
-    arrays = family.initial_arrays()
-    offset = 0
-    found = latest_checkpoint(run_dir) if run_cfg["federation"].get("resume", True) else None
-    if found is not None:
-        offset, path = found
-        arrays = load_arrays(path)
-    _truncate_metrics(run_dir, offset)
     evaluate_sites = bool(run_cfg["federation"].get("evaluate_sites", True))
     for g in range(offset + 1, total + 1):
         t0 = time.perf_counter()
