@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from mrcore.durable import fsync_dir, write_durable
+from training.report import markdown_table
 
 from .spec import ServableModel, TensorSpec
 
@@ -83,7 +84,9 @@ def card_markdown(card: dict) -> str:
     for key, evaluation in card.get("evaluation", {}).items():
         lines += ["", f"## Evaluation: {key.replace('_', ' ')}", "", evaluation.get("summary", ""), "",
                   f"Command: `{evaluation.get('command', '')}` (full report: {evaluation.get('doc', '')})", ""]
-        lines += _rows_markdown(evaluation.get("rows", []))
+        rows = evaluation.get("rows", [])
+        if rows:
+            lines += markdown_table(list(rows[0]), [list(r.values()) for r in rows]).splitlines()
     if card.get("privacy"):
         lines += ["", "## Differential privacy", ""] + [f"- {k}: {v}" for k, v in card["privacy"].items()]
     exp = card.get("export", {})
@@ -100,15 +103,6 @@ def _bullets(items: dict, depth: int = 0) -> list[str]:
         else:
             lines.append("  " * depth + f"- {key}: {value}")
     return lines
-
-
-def _rows_markdown(rows: list[dict]) -> list[str]:
-    """A markdown table of metric rows (dicts with the same keys; floats to 4 significant digits)."""
-    if not rows:
-        return []
-    keys = list(rows[0])
-    cells = [[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
-    return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys), *("| " + " | ".join(c) + " |" for c in cells)]
 
 
 def add_card_evaluation(version_dir: Path, key: str, evaluation: dict) -> dict:
