@@ -15,6 +15,11 @@ The idea behind SSDU's validation split and k-space cross-validation. For each s
    combines coils its own way) does not count as an error.
 4. ``holdout_nmse = ||M_h (F S x_h) - y_h||^2 / ||y_h||^2`` (zero-filled predicts 0 there: 1 by construction),
    and ``dc_residual = ||M_s (F S x_h) - y_s||^2 / ||y_s||^2`` on the seen samples.
+5. ``est_nmse``, the estimated NMSE of the answer: the held-out lines stand for the lines that were never acquired,
+   whose signal energy is interpolated from the acquired lines' energy profile (:func:`signal_energy`), so
+   ``est_nmse = (holdout_nmse x E_missing + dc_residual x E_acquired) / (E_missing + E_acquired)``; zero-filled's
+   estimate is ``E_missing / (E_missing + E_acquired)``, and a slice is flagged when the ratio of the two exceeds a
+   threshold (:func:`is_flagged`): the answer is estimated to be that much worse than zero-filled.
 
 Acquisition noise on the held-out lines cannot be predicted by any image, so the value of even a perfect
 reconstruction is the noise's share of those lines' energy (about 0.3 for 1 % noise at 256x256, measured in
@@ -39,16 +44,21 @@ DEFAULT_SEED = 19
 DEFAULT_BAND = 0.125
 #: the held-out fraction allowed (of the acquired lines)
 FRACTION_RANGE = (0.01, 0.5)
-#: default flag thresholds (chosen by the calibration study, docs/quality_guardrail.md)
-DEFAULT_HOLDOUT_THRESHOLD = 1.6
-DEFAULT_DC_THRESHOLD = 0.02
+#: default flag threshold of est_nmse / est_nmse_zero_filled (chosen by the calibration study,
+#: docs/quality_guardrail.md); holdout_nmse and dc_residual have no threshold by default
+DEFAULT_RATIO_THRESHOLD = 1.4
 
 
-def is_flagged(holdout_nmse: float | None, dc_residual: float | None, holdout_threshold: float = DEFAULT_HOLDOUT_THRESHOLD,
-               dc_threshold: float = DEFAULT_DC_THRESHOLD) -> bool:
-    """The flag rule: holdout_nmse or dc_residual above its threshold (an unavailable value flags nothing)."""
-    return bool((holdout_nmse is not None and holdout_nmse > holdout_threshold)
-                or (dc_residual is not None and dc_residual > dc_threshold))
+def is_flagged(estimate: SliceEstimate, ratio_threshold: float | None = DEFAULT_RATIO_THRESHOLD,
+               holdout_threshold: float | None = None, dc_threshold: float | None = None) -> bool:
+    """The flag rule: the estimated error over zero-filled's (:attr:`SliceEstimate.error_ratio`) above
+    ``ratio_threshold``, or holdout_nmse / dc_residual above theirs; a threshold None and an unavailable value flag
+    nothing."""
+    def above(value: float | None, threshold: float | None) -> bool:
+        return value is not None and threshold is not None and value > threshold
+
+    return bool(above(estimate.error_ratio, ratio_threshold) or above(estimate.holdout_nmse, holdout_threshold)
+                or above(estimate.dc_residual, dc_threshold))
 
 
 class QualityInputError(ValueError):
@@ -242,18 +252,93 @@ def _ratio(residual: np.ndarray, reference: np.ndarray, noise: float = 0.0, samp
     return max(float(np.sum(np.abs(residual) ** 2)) - expected, 0.0) / max(energy - expected, 0.1 * energy)
 
 
-def slice_quality(kspace: np.ndarray, image: np.ndarray, split: Split,
-                  denoise: bool = True) -> tuple[float | None, float | None]:
-    """``(holdout_nmse, dc_residual)`` of one slice: ``kspace`` complex [coils, ky, kx] as acquired (all lines),
-    ``image`` complex [ky, kx] reconstructed from ``split.seen``. holdout_nmse is None when unavailable.
+def signal_energy(kspace: np.ndarray, mask: np.ndarray, axis: int | None, noise: float = 0.0) -> tuple[float, float]:
+    """``(acquired, missing)``: the signal energy (summed over coils, less the acquisition noise ``noise`` per sample)
+    of the acquired samples of ``kspace`` complex [coils, ky, kx] under ``mask`` [ky, kx], and an estimate of the
+    signal energy of the samples that were not acquired.
 
-    ``denoise``: both ratios less the acquisition noise's expected share (:func:`noise_power`), so a slice's value
-    measures the prediction of the signal and not how noisy its held-out lines happen to be."""
+    The estimate interpolates, linearly in log energy, the acquired samples' energy profile: per phase-encode line
+    for a line mask (``axis`` -2 or -1), per k-space radius (elliptic, one sample wide) for a 2-D mask (``axis``
+    None); beyond the outermost acquired line or radius the profile is held constant. Each acquired value keeps at
+    least 1 % of its raw energy after the noise is subtracted."""
+    k = np.asarray(kspace)
+    m = np.asarray(mask) != 0
+    energy = (np.abs(k) ** 2).sum(axis=0)  # [ky, kx]
+    if axis is not None:
+        profile = energy.sum(axis=1) if axis == -2 else energy.sum(axis=0)
+        acquired = m[:, 0] if axis == -2 else m[0, :]
+        per_unit = noise * (k.shape[-1] if axis == -2 else k.shape[-2])
+        counts: np.ndarray = np.ones(profile.shape)
+    else:
+        ky, kx = m.shape
+        yy, xx = np.mgrid[:ky, :kx]
+        side = min(ky, kx)
+        radius = np.rint(np.hypot((yy - ky // 2) * side / ky, (xx - kx // 2) * side / kx)).astype(int).ravel()
+        bins = radius.max() + 1
+        profile = np.bincount(radius, (energy * m).ravel(), bins)
+        counts = np.bincount(radius, m.ravel().astype(float), bins)
+        total = np.bincount(radius, None, bins).astype(float)
+        acquired = counts > 0
+        profile = np.where(acquired, profile / np.maximum(counts, 1), 0.0)  # mean energy per acquired sample
+        per_unit = noise
+        counts = total - counts  # missing samples per radius
+    signal = np.maximum(profile - per_unit, 0.01 * profile)
+    idx = np.flatnonzero(acquired)
+    if idx.size == 0 or not np.all(signal[idx] > 0):
+        return float(max(energy[m].sum() - noise * m.sum(), 0.0)), 0.0
+    gaps = np.flatnonzero(~acquired) if axis is not None else np.flatnonzero(counts > 0)
+    estimate = np.exp(np.interp(gaps, idx, np.log(signal[idx]))) * counts[gaps]
+    if axis is not None:
+        acquired_energy = float(signal[idx].sum())
+    else:
+        acquired_energy = float(max(energy[m].sum() - noise * m.sum(), 0.01 * energy[m].sum()))
+    return acquired_energy, float(estimate.sum())
+
+
+@dataclass(frozen=True)
+class SliceEstimate:
+    """One slice's self-check. ``holdout_nmse`` and ``dc_residual``: see the module docstring (None: unavailable).
+
+    est_nmse : estimated NMSE of the answer, the share of the slice's k-space signal energy in error (Parseval: the
+        image-domain NMSE of the complex image): ``(holdout_nmse x E_missing + dc_residual x E_acquired) / (E_missing
+        + E_acquired)``, where the held-out lines stand for the lines that were never acquired and the energies come
+        from :func:`signal_energy`.
+    est_nmse_zero_filled : the same estimate for zero-filled (which predicts nothing on the missing lines and is
+        exact on the acquired ones): ``E_missing / (E_missing + E_acquired)``.
+    """
+
+    holdout_nmse: float | None
+    dc_residual: float | None
+    est_nmse: float | None = None
+    est_nmse_zero_filled: float | None = None
+
+    @property
+    def error_ratio(self) -> float | None:
+        """est_nmse / est_nmse_zero_filled: above 1, the answer is estimated to be worse than zero-filled."""
+        if self.est_nmse is None or not self.est_nmse_zero_filled:
+            return None
+        return self.est_nmse / self.est_nmse_zero_filled
+
+
+def slice_quality(kspace: np.ndarray, image: np.ndarray, split: Split, denoise: bool = True) -> SliceEstimate:
+    """The self-check of one slice: ``kspace`` complex [coils, ky, kx] as acquired (all lines), ``image`` complex
+    [ky, kx] reconstructed from ``split.seen``.
+
+    ``denoise``: the ratios and energies less the acquisition noise's expected share (:func:`noise_power`), so a
+    slice's value measures the prediction of the signal and not how noisy its held-out lines happen to be."""
     k = np.asarray(kspace)
     pred = predict_kspace(k * split.seen, np.asarray(image), split.axis, split.calibration)
     residual = pred - k
-    noise = noise_power(k, split.seen + split.held) if denoise else 0.0
+    acquired_mask = split.seen + split.held
+    noise = noise_power(k, acquired_mask) if denoise else 0.0
     dc = _ratio(residual * split.seen, k * split.seen, noise, int(np.count_nonzero(split.seen)))
     if not split.available:
-        return None, dc
-    return _ratio(residual * split.held, k * split.held, noise, int(np.count_nonzero(split.held))), dc
+        return SliceEstimate(None, dc)
+    holdout = _ratio(residual * split.held, k * split.held, noise, int(np.count_nonzero(split.held)))
+    if holdout is None or dc is None:
+        return SliceEstimate(holdout, dc)
+    acquired, missing = signal_energy(k, acquired_mask, split.axis, noise)
+    total = acquired + missing
+    if total <= 0:
+        return SliceEstimate(holdout, dc)
+    return SliceEstimate(holdout, dc, (holdout * missing + dc * acquired) / total, missing / total)

@@ -33,7 +33,7 @@ from mrcore.coils import compress_coils
 from mrcore.contract import check_kspace, check_mask, mask_per_slice
 from mrcore.intensity import robust_scale
 from mrcore.masks import infer_mask
-from mrcore.quality import QualityInputError, holdout_split, slice_quality
+from mrcore.quality import QualityInputError, SliceEstimate, holdout_split, slice_quality
 from serving.quality import QualitySettings, SliceQuality, verdict
 
 log = logging.getLogger(__name__)
@@ -303,10 +303,10 @@ class TritonClient:
             images = {i: h[..., 0] + 1j * h[..., 1] for i, h in zip(todo, held)}
         for i, split in enumerate(splits):
             if i in images and split is not None:
-                holdout, dc = slice_quality(k[i], images[i], split)
-                quality.append(verdict(first_slice + i, holdout, dc, settings))
+                quality.append(verdict(first_slice + i, slice_quality(k[i], images[i], split), settings))
             else:
-                quality.append(verdict(first_slice + i, None, None, settings, reasons[i] or "unavailable"))
+                quality.append(verdict(first_slice + i, SliceEstimate(None, None), settings,
+                                       reasons[i] or "unavailable"))
         return answer, quality
 
     def synthesize(self, images: np.ndarray, source: str, target: str, model: str | None = None,

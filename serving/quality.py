@@ -5,7 +5,8 @@ reconstruct_checked` runs the extra inference (one more Triton call per chunk of
 removed from k-space and mask). This module holds what the REST API and the DICOM node share:
 
 * :class:`QualitySettings`, the ``quality:`` section of ``configs/serving.yaml`` and ``configs/dicom_node.yaml``;
-* :class:`SliceQuality`, one slice's verdict, and its JSON form ``{"slice", "holdout_nmse", "dc_residual", "flag"}``
+* :class:`SliceQuality`, one slice's verdict, and its JSON form ``{"slice", "est_nmse", "est_nmse_zero_filled",
+  "holdout_nmse", "dc_residual", "flag"}``
   (the ``X-Recon-Quality`` header, the job resource's ``quality`` field, the DICOM private block);
 * :func:`apply_policy`: ``report`` (annotate only), ``flag`` (annotate and mark the series), ``fallback`` (replace
   flagged slices by the zero-filled coil-combined (RSS) image of the acquired k-space).
@@ -27,11 +28,11 @@ from mrcore.config import ConfigError
 from mrcore.contract import check_mask, mask_per_slice
 from mrcore.fft import ifft2c
 from mrcore.quality import (
-    DEFAULT_DC_THRESHOLD,
     DEFAULT_HOLDOUT_FRACTION,
-    DEFAULT_HOLDOUT_THRESHOLD,
+    DEFAULT_RATIO_THRESHOLD,
     DEFAULT_SEED,
     FRACTION_RANGE,
+    SliceEstimate,
     is_flagged,
 )
 
@@ -41,7 +42,7 @@ __all__ = ["POLICIES", "QualitySettings", "SliceQuality", "apply_policy", "fallb
            "log_verdicts", "summary_line"]
 
 POLICIES = ("report", "flag", "fallback")
-METHOD = "kspace-holdout-1"
+METHOD = "kspace-holdout-2"
 FALLBACK_METHOD = "zero-filled RSS of the acquired k-space"
 
 
@@ -53,16 +54,19 @@ class QualitySettings:
     policy : report | flag | fallback
     holdout_fraction : share of the acquired lines held out (outside the calibration region), in [0.01, 0.5]
     seed : seed of the held-out lines (per slice: ``default_rng([seed, slice])``)
-    holdout_threshold : a slice whose holdout_nmse exceeds this is flagged (zero-filled: 1)
-    dc_threshold : a slice whose data-consistency residual on the seen lines exceeds this is flagged
+    ratio_threshold : a slice whose estimated error exceeds this many times zero-filled's estimate is flagged
+        (est_nmse / est_nmse_zero_filled; null: off)
+    holdout_threshold : a slice whose holdout_nmse exceeds this is flagged (zero-filled: 1; null, the default: off)
+    dc_threshold : a slice whose data-consistency residual on the seen lines exceeds this is flagged (null: off)
     """
 
     enabled: bool = True
     policy: Literal["report", "flag", "fallback"] = "report"
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
     seed: int = DEFAULT_SEED
-    holdout_threshold: float = DEFAULT_HOLDOUT_THRESHOLD
-    dc_threshold: float = DEFAULT_DC_THRESHOLD
+    ratio_threshold: float | None = DEFAULT_RATIO_THRESHOLD
+    holdout_threshold: float | None = None
+    dc_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -71,10 +75,10 @@ class QualitySettings:
         f = self.holdout_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not lo <= f <= hi:
             raise ConfigError(f"config key 'quality.holdout_fraction' must be a number in [{lo}, {hi}], got {f!r}")
-        for key in ("holdout_threshold", "dc_threshold"):
+        for key in ("ratio_threshold", "holdout_threshold", "dc_threshold"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ConfigError(f"config key 'quality.{key}' must be a number > 0, got {v!r}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+                raise ConfigError(f"config key 'quality.{key}' must be a number > 0 or null (off), got {v!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"config key 'quality.seed' must be an int >= 0, got {self.seed!r}")
 
@@ -103,10 +107,14 @@ class SliceQuality:
     flag: bool
     reason: str = ""
     replaced: bool = False
+    est_nmse: float | None = None
+    est_nmse_zero_filled: float | None = None
 
     def public(self) -> dict:
-        out: dict[str, object] = {"slice": self.slice, "holdout_nmse": _round(self.holdout_nmse), "dc_residual": _round(self.dc_residual),
-               "flag": self.flag}
+        out: dict[str, object] = {"slice": self.slice, "est_nmse": _round(self.est_nmse),
+                                  "est_nmse_zero_filled": _round(self.est_nmse_zero_filled),
+                                  "holdout_nmse": _round(self.holdout_nmse), "dc_residual": _round(self.dc_residual),
+                                  "flag": self.flag}
         if self.reason:
             out["unavailable"] = self.reason
         if self.replaced:
@@ -117,9 +125,13 @@ class SliceQuality:
         """The short human-readable line for ImageComments."""
         if self.holdout_nmse is None:
             text = f"Self-check unavailable ({self.reason})"
+        elif self.est_nmse is None or self.est_nmse_zero_filled is None:
+            text = (f"Self-check: held-out k-space error {self.holdout_nmse:.3f} (zero-filled = 1), data residual "
+                    f"{_fmt(self.dc_residual)}: " + ("FLAGGED, review against the source data" if self.flag else "ok"))
         else:
-            text = (f"Self-check: held-out k-space error {self.holdout_nmse:.3f} (flag above "
-                    f"{settings.holdout_threshold:g}; zero-filled = 1), data residual {self.dc_residual:.3f}: "
+            limit = "" if settings.ratio_threshold is None else f"; flag above {settings.ratio_threshold:g}x zero-filled"
+            text = (f"Self-check: estimated NMSE {self.est_nmse:.4f} (zero-filled {self.est_nmse_zero_filled:.4f}"
+                    f"{limit}), held-out k-space error {self.holdout_nmse:.3f}: "
                     + ("FLAGGED, review against the source data" if self.flag else "ok"))
         if self.replaced:
             text += f"; replaced by {FALLBACK_METHOD}"
@@ -130,10 +142,15 @@ def _round(v: float | None) -> float | None:
     return None if v is None else float(f"{v:.5g}")
 
 
-def verdict(index: int, holdout: float | None, dc: float | None, settings: QualitySettings,
-            reason: str = "") -> SliceQuality:
-    flag = is_flagged(holdout, dc, settings.holdout_threshold, settings.dc_threshold)
-    return SliceQuality(index, holdout, dc, flag, reason)
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def verdict(index: int, estimate: SliceEstimate, settings: QualitySettings, reason: str = "") -> SliceQuality:
+    """Slice ``index``'s verdict under ``settings``' thresholds (:func:`mrcore.quality.is_flagged`)."""
+    flag = is_flagged(estimate, settings.ratio_threshold, settings.holdout_threshold, settings.dc_threshold)
+    return SliceQuality(index, estimate.holdout_nmse, estimate.dc_residual, flag, reason,
+                        est_nmse=estimate.est_nmse, est_nmse_zero_filled=estimate.est_nmse_zero_filled)
 
 
 def header_value(quality: Sequence[SliceQuality]) -> str:
@@ -178,9 +195,9 @@ def summary_line(quality: Sequence[SliceQuality]) -> str:
 def log_verdicts(logger: logging.Logger, model: str, version: str, quality: Sequence[SliceQuality],
                  settings: QualitySettings, **extra) -> None:
     """One log line per reconstruction: counts per model version (no patient data: callers pass hashed ids)."""
-    values = [q.holdout_nmse for q in quality if q.holdout_nmse is not None]
+    values = [q.est_nmse for q in quality if q.est_nmse is not None]
     logger.info("reconstruction self-check", extra={
         "model": model, "model_version": version, "policy": settings.policy, "slices": len(quality),
         "flagged": sum(q.flag for q in quality), "replaced": sum(q.replaced for q in quality),
         "unavailable": sum(q.holdout_nmse is None for q in quality),
-        "holdout_nmse_max": max(values) if values else None, **extra})
+        "est_nmse_max": max(values) if values else None, **extra})

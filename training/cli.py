@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mrcore.config import ConfigError, build
 from mrcore.data.randomize import RandomizationConfig
+from mrcore.quality import DEFAULT_RATIO_THRESHOLD
 from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
 from training.federation.coordinator import RunMismatch, check_same_run
 from training.federation.family import StopRun
@@ -253,8 +254,8 @@ def recon_guardrail(
     cases: list[str] = typer.Option(["mni", "tcga", "invivo"], "--case", help="Real cases: mni, tcga, invivo (repeatable)."),
     holdout_fraction: float = typer.Option(0.08, help="Share of the acquired lines held out (serving: quality.holdout_fraction)."),
     seed: int = typer.Option(19, help="Seed of the held-out lines (serving: quality.seed)."),
-    holdout_threshold: float = typer.Option(1.6, help="Flag threshold of holdout_nmse (serving: quality.holdout_threshold)."),
-    dc_threshold: float = typer.Option(0.02, help="Flag threshold of dc_residual (serving: quality.dc_threshold)."),
+    ratio_threshold: float = typer.Option(DEFAULT_RATIO_THRESHOLD, min=0.0,
+                                          help="Flag threshold of est_nmse / est_nmse_zero_filled (serving: quality.ratio_threshold)."),
     cache: Path = typer.Option(Path(".cache/guardrail"), help="Keeps each slice's reconstructions (a rerun skips the models)."),
     threads: int = typer.Option(1, min=1, help="ONNX Runtime threads."),
 ) -> None:
@@ -276,14 +277,13 @@ def recon_guardrail(
     rows = guardrail.study(slices, models, holdout_fraction, seed, threads, progress=typer.echo, cache=cache)
     guardrail.write_rows(rows, out.with_suffix(".json"))
     png = out.parent / "img" / (out.stem + ".png")
-    guardrail.scatter(rows, holdout_threshold, png)
-    summ = guardrail.summary(rows, holdout_threshold, dc_threshold, name)
-    window = guardrail.threshold_window(rows, name)
-    chosen = guardrail.choose_thresholds(rows, name)
-    body = guardrail.report_body(rows, summ, window, str(png.relative_to(out.parent)), chosen)
+    guardrail.scatter(rows, ratio_threshold, png)
+    summ = guardrail.summary(rows, ratio_threshold, name)
+    chosen = guardrail.choose_threshold(rows, name)
+    body = guardrail.report_body(rows, summ, str(png.relative_to(out.parent)), chosen)
     write_report(out, "Reconstruction self-check: calibration study", "mri-train " + " ".join(sys.argv[1:]),
                  (guardrail.__doc__ or "").strip() + "\n\n" + body)
-    typer.echo(json.dumps(summ | {"window": window, "chosen": chosen}, indent=1))
+    typer.echo(json.dumps(summ | {"chosen": chosen}, indent=1))
     typer.echo(f"wrote {out}")
 
 

@@ -77,10 +77,16 @@ class SliceQualityOut(BaseModel):
     """One slice's reconstruction self-check (k-space self-validation, docs/quality_guardrail.md)."""
 
     slice: int = Field(description="slice index in the volume (0-based)")
+    est_nmse: float | None = Field(None, description="estimated NMSE of the answer, from the acquired data alone: "
+                                   "(holdout_nmse x E_missing + dc_residual x E_acquired) / (E_missing + E_acquired), "
+                                   "E = signal energy of the missing (interpolated) and acquired lines; null: unavailable")
+    est_nmse_zero_filled: float | None = Field(None, description="the same estimate for a zero-filled reconstruction "
+                                               "(E_missing / (E_missing + E_acquired)); the flag compares the two")
     holdout_nmse: float | None = Field(description="||M_h(F S x) - y_h||^2 / ||y_h||^2 on the held-out acquired lines "
                                        "(x: the reconstruction without them); zero-filled = 1; null: unavailable")
     dc_residual: float | None = Field(description="the same ratio on the lines the model saw (data consistency)")
-    flag: bool = Field(description="holdout_nmse or dc_residual above its configured threshold")
+    flag: bool = Field(description="est_nmse above quality.ratio_threshold x est_nmse_zero_filled (or holdout_nmse / "
+                       "dc_residual above their thresholds, when configured)")
     unavailable: str | None = Field(None, description="why no estimate exists (e.g. no acquired line outside the "
                                     "calibration region)")
     replaced: bool | None = Field(None, description="policy 'fallback' replaced this slice by the zero-filled RSS")
@@ -134,7 +140,7 @@ def binary_responses(media_types: list[str], description: str, headers: dict | N
 RECON_HEADERS = {
     "X-Recon-Quality": {
         "description": "The self-check of every slice (config 'quality', docs/quality_guardrail.md): compact JSON list "
-                       "of {\"slice\", \"holdout_nmse\", \"dc_residual\", \"flag\"} (plus \"unavailable\": reason, "
+                       "of {\"slice\", \"est_nmse\", \"est_nmse_zero_filled\", \"holdout_nmse\", \"dc_residual\", \"flag\"} (plus \"unavailable\": reason, "
                        "\"replaced\": true under policy fallback); absent when quality.enabled is false. A list longer "
                        "than 8 KiB is only in the job resource's 'quality' field.",
         "schema": {"type": "string"}},

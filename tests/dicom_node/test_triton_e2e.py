@@ -172,14 +172,17 @@ def test_reconstruction_self_check_reaches_orthanc_and_fallback_replaces_the_fla
     kspace, mask = undersampled_kspace(slices=4, coils=8, rows=64, cols=64, seed=5)
     with TritonClient(triton_url) as client:
         model, checked = client.reconstruct_checked(kspace, mask, settings=QualitySettings())
-    values = sorted(q.holdout_nmse for q in checked if q.holdout_nmse is not None)
+    def ratio(q):
+        return q.est_nmse / q.est_nmse_zero_filled
+
+    values = sorted(ratio(q) for q in checked if q.est_nmse is not None)
     assert len(values) == 4 and values[0] < values[-1]
     threshold = (values[1] + values[2]) / 2
-    flagged = {q.slice for q in checked if q.holdout_nmse is not None and q.holdout_nmse > threshold}
+    flagged = {q.slice for q in checked if q.est_nmse is not None and ratio(q) > threshold}
     orthanc = orthanc_factory()
     cfg = node_config(tmp_path, port=node_port, destinations=pacs_destination(orthanc), routes=[RECON_ROUTE],
                       inference={"url": triton_url, "protocol": "http"},
-                      quality={"policy": "fallback", "holdout_threshold": float(threshold), "dc_threshold": 1e6})
+                      quality={"policy": "fallback", "ratio_threshold": float(threshold)})
     node = node_factory(cfg, processor=None)
     r = storescu(node.port, wrap(tmp_path, kspace, mask), aec="RECON")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -192,7 +195,8 @@ def test_reconstruction_self_check_reaches_orthanc_and_fallback_replaces_the_fla
         q = read_quality(d)
         assert q["slice"] == i and q["flag"] == (i in flagged) and bool(q.get("replaced")) == (i in flagged)
         assert q["holdout_nmse"] == pytest.approx(checked[i].holdout_nmse, rel=2e-3, abs=1e-6)
-        assert str(d.ImageComments).startswith("Self-check: held-out k-space error")
+        assert q["est_nmse"] == pytest.approx(checked[i].est_nmse, rel=2e-3, abs=1e-6)
+        assert str(d.ImageComments).startswith("Self-check: estimated NMSE")
         assert ("FLAGGED" in str(d.ImageComments)) == (i in flagged)
         assert str(d.SeriesDescription).endswith(FLAG_SUFFIX)
         assert ("replaced by zero-filled RSS" in str(d.DerivationDescription)) == (i in flagged)

@@ -63,13 +63,18 @@ def _same(got: list[dict], want: list[dict]) -> None:
     assert [g["slice"] for g in got] == [w["slice"] for w in want]
     for g, w in zip(got, want):
         assert g["flag"] == w["flag"]
-        for key in ("holdout_nmse", "dc_residual"):
+        for key in ("est_nmse", "est_nmse_zero_filled", "holdout_nmse", "dc_residual"):
             assert g[key] == pytest.approx(w[key], rel=2e-3, abs=1e-6), (key, g, w)
 
 
 def _dicom(content: bytes) -> list[pydicom.Dataset]:
     with zipfile.ZipFile(io.BytesIO(content)) as z:
         return [pydicom.dcmread(io.BytesIO(z.read(n))) for n in sorted(z.namelist())]
+
+
+def _ratio(q: dict) -> float:
+    """est_nmse / est_nmse_zero_filled of one slice's JSON object (what ``quality.ratio_threshold`` compares)."""
+    return q["est_nmse"] / q["est_nmse_zero_filled"]
 
 
 def test_header_job_dicom_and_metrics_agree_with_the_client(report_api, volume, reference):
@@ -81,12 +86,13 @@ def test_header_job_dicom_and_metrics_agree_with_the_client(report_api, volume, 
         assert r.status_code == 200, r.text[:300]
         header = json.loads(r.headers["x-recon-quality"])
         assert r.headers["x-recon-quality-policy"] == "report"
-        assert len(header) == SLICES and set(header[0]) >= {"slice", "holdout_nmse", "dc_residual", "flag"}
+        assert len(header) == SLICES and set(header[0]) >= {"slice", "est_nmse", "est_nmse_zero_filled", "holdout_nmse",
+                                                             "dc_residual", "flag"}
         _same(header, ref_quality)
-        rule = QualitySettings()  # the server runs the defaults
+        rule = QualitySettings()  # the server runs the defaults: the ratio rule only
         for q in header:
-            assert q["flag"] == (q["holdout_nmse"] > rule.holdout_threshold or q["dc_residual"] > rule.dc_threshold)
-            assert 0 <= q["holdout_nmse"] and np.isfinite(q["holdout_nmse"])
+            assert q["flag"] == (q["est_nmse"] > rule.ratio_threshold * q["est_nmse_zero_filled"])
+            assert 0 <= q["holdout_nmse"] and np.isfinite(q["holdout_nmse"]) and 0 < q["est_nmse_zero_filled"] < 1
         # report: the pixels are the model's answer, untouched
         np.testing.assert_allclose(load_npy(r.content), ref_image, rtol=0, atol=1e-5 * float(ref_image.max()))
 
@@ -95,8 +101,8 @@ def test_header_job_dicom_and_metrics_agree_with_the_client(report_api, volume, 
         datasets = _dicom(d.content)
         _same([read_quality(ds) for ds in datasets], header)
         for ds, q in zip(datasets, header):
-            assert str(ds.ImageComments).startswith("Self-check: held-out k-space error")
-            assert f"{q['holdout_nmse']:.3f}" in str(ds.ImageComments)
+            assert str(ds.ImageComments).startswith("Self-check: estimated NMSE")
+            assert f"{q['est_nmse']:.4f}" in str(ds.ImageComments) and f"{q['holdout_nmse']:.3f}" in str(ds.ImageComments)
             assert not str(ds.SeriesDescription).endswith(FLAG_SUFFIX)  # report never marks the series
 
         job = http.post("/v1/jobs/reconstruct", content=body)
@@ -124,17 +130,17 @@ def test_header_job_dicom_and_metrics_agree_with_the_client(report_api, volume, 
 def test_fallback_replaces_exactly_the_flagged_slices(triton_url, tmp_path_factory, volume, reference):
     kspace, mask = volume
     _, ref_quality = reference
-    values = sorted(q["holdout_nmse"] for q in ref_quality)
-    assert values[0] < values[-1], "the test needs slices with different holdout_nmse"
+    values = sorted(_ratio(q) for q in ref_quality)
+    assert values[0] < values[-1], "the test needs slices with different estimated errors"
     threshold = (values[SLICES // 2 - 1] + values[SLICES // 2]) / 2  # flags the upper half
-    with _server(triton_url, tmp_path_factory, "quality.policy=fallback", f"quality.holdout_threshold={threshold}",
-                 "quality.dc_threshold=1000000.0") as server, server.client(headers=AUTH, timeout=300) as http:
+    with _server(triton_url, tmp_path_factory, "quality.policy=fallback", f"quality.ratio_threshold={threshold}") \
+            as server, server.client(headers=AUTH, timeout=300) as http:
         body = npz_bytes(kspace=kspace, mask=mask)
         r = http.post("/v1/reconstruct", content=body)
         assert r.status_code == 200, r.text[:300]
         header = json.loads(r.headers["x-recon-quality"])
         flagged = [q["slice"] for q in header if q["flag"]]
-        assert flagged == [q["slice"] for q in ref_quality if q["holdout_nmse"] > threshold]
+        assert flagged == [q["slice"] for q in ref_quality if _ratio(q) > threshold]
         assert 0 < len(flagged) < SLICES
         assert [q["slice"] for q in header if q.get("replaced")] == flagged
         assert r.headers["x-recon-quality-replaced"] == ",".join(map(str, flagged))
@@ -182,7 +188,8 @@ def test_bad_quality_config_names_the_key(tmp_path):
     env = {"MRI_API_TOKENS": "a-token-of-enough-length"}
     for override, key in (("quality.policy=ignore", "quality.policy"), ("quality.holdout_fraction=0.9",
                                                                           "quality.holdout_fraction"),
-                          ("quality.holdout_threshold=-1", "quality.holdout_threshold")):
+                          ("quality.holdout_threshold=-1", "quality.holdout_threshold"),
+                          ("quality.ratio_threshold=0", "quality.ratio_threshold")):
         with pytest.raises(ConfigError, match=key):
             ApiSettings.load(None, [override], environ=env)
     base = {"storage_dir": str(tmp_path), "destinations": {"p": {"ae_title": "P", "host": "127.0.0.1", "port": 104}},

@@ -7,6 +7,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from mrcore.fft import ifft2c
+from mrcore.quality import SliceEstimate
 from serving.dicom.quality import FLAG_SUFFIX, annotate_quality, read_quality
 from serving.quality import QualitySettings, SliceQuality, apply_policy, header_value, verdict
 
@@ -19,10 +20,24 @@ def _volume(slices=4, coils=3, n=32, seed=0):
     return k * mask, mask
 
 
-def test_verdict_uses_both_thresholds():
-    s = QualitySettings(holdout_threshold=0.5, dc_threshold=0.05)
-    assert verdict(0, 0.6, 0.0, s).flag and verdict(0, 0.1, 0.06, s).flag
-    assert not verdict(0, 0.4, 0.04, s).flag and not verdict(0, None, None, s, "no lines").flag
+def test_verdict_uses_every_threshold_that_is_set():
+    s = QualitySettings(ratio_threshold=1.4, holdout_threshold=0.5, dc_threshold=0.05)
+    assert verdict(0, SliceEstimate(0.6, 0.0), s).flag and verdict(0, SliceEstimate(0.1, 0.06), s).flag
+    assert verdict(0, SliceEstimate(0.1, 0.0, 0.03, 0.02), s).flag            # 1.5x zero-filled's estimate
+    assert not verdict(0, SliceEstimate(0.4, 0.04, 0.02, 0.02), s).flag
+    assert not verdict(0, SliceEstimate(None, None), s, "no lines").flag
+    default = QualitySettings()
+    assert default.holdout_threshold is None and default.dc_threshold is None
+    assert not verdict(0, SliceEstimate(5.0, 0.5), default).flag              # only the ratio by default
+    q = verdict(3, SliceEstimate(0.4, 0.01, 0.012, 0.04), default)
+    assert q.public()["est_nmse"] == 0.012 and q.public()["est_nmse_zero_filled"] == 0.04 and not q.flag
+
+
+def test_thresholds_may_be_null_but_not_negative():
+    from mrcore.config import ConfigError
+    assert QualitySettings.parse({"ratio_threshold": None}).ratio_threshold is None
+    with pytest.raises(ConfigError, match="quality.ratio_threshold"):
+        QualitySettings.parse({"ratio_threshold": -1})
 
 
 @pytest.mark.parametrize("policy", ["report", "flag", "fallback"])
@@ -30,7 +45,8 @@ def test_fallback_replaces_exactly_the_flagged_slices(policy):
     k, mask = _volume()
     image = np.full((4, 32, 32), 7.0, np.float32)
     s = QualitySettings(policy=policy)
-    quality = [verdict(0, 0.1, 0.0, s), verdict(1, 2.0, 0.0, s), verdict(2, None, None, s, "x"), verdict(3, 0.2, 0.5, s)]
+    quality = [verdict(0, SliceEstimate(0.1, 0.0, 0.01, 0.05), s), verdict(1, SliceEstimate(2.0, 0.0, 0.2, 0.05), s),
+               verdict(2, SliceEstimate(None, None), s, "x"), verdict(3, SliceEstimate(0.2, 0.5, 0.3, 0.05), s)]
     out, q = apply_policy(image, k, mask, quality, s)
     replaced = [x.slice for x in q if x.replaced]
     if policy != "fallback":
@@ -45,7 +61,8 @@ def test_fallback_replaces_exactly_the_flagged_slices(policy):
 
 def test_header_and_dicom_block_carry_the_same_numbers():
     s = QualitySettings(policy="flag")
-    quality = [SliceQuality(0, 0.123456, 0.001, False), SliceQuality(1, 1.5, 0.002, True),
+    quality = [SliceQuality(0, 0.123456, 0.001, False, est_nmse=0.004, est_nmse_zero_filled=0.03),
+               SliceQuality(1, 1.5, 0.002, True, est_nmse=0.09, est_nmse_zero_filled=0.03),
                SliceQuality(2, None, 0.003, False, "no acquired line outside the calibration region")]
     header = json.loads(header_value(quality))
     datasets = []
@@ -62,6 +79,10 @@ def test_header_and_dicom_block_carry_the_same_numbers():
     assert "unavailable" in str(datasets[2].ImageComments)
     block = datasets[2].private_block(0x0071, "MRI-SERVICE QUALITY")
     assert block[0x04].value == "UNAVAILABLE" and block[0x02].value in ("", None)
+    first = datasets[0].private_block(0x0071, "MRI-SERVICE QUALITY")
+    assert float(first[0x0A].value) == header[0]["est_nmse"] and float(first[0x0B].value) == header[0]["est_nmse_zero_filled"]
+    assert float(first[0x0C].value) == s.ratio_threshold and first[0x01].value == "kspace-holdout-2"
+    assert "estimated NMSE 0.0040 (zero-filled 0.0300" in str(datasets[0].ImageComments)
     report = [Dataset() for _ in quality]
     for ds in report:
         ds.SeriesDescription = "T2w"
