@@ -71,7 +71,9 @@ def serve(
     if inference_url:
         overrides["inference"] = {"url": inference_url, "protocol": raw.inference_protocol}
     cfg = _load(config, **overrides) if overrides else raw
-    configure_logging(log_level, cfg.audit_log or cfg.storage_dir / "audit.log", log_format)
+    cfg.storage.apply_umask()  # nothing this process writes is readable by other users (patient data)
+    cfg.storage.prepare(cfg.storage_dir)
+    configure_logging(log_level, cfg.audit_log or cfg.storage_dir / "audit.log", log_format, cfg.storage)
     node = DicomNode(cfg, processor_factory=_import_factory(processor) if processor else None)
     node.start()
     typer.echo(node.describe())
@@ -98,7 +100,7 @@ def jobs(
     if state is not None and state not in STATES:
         raise typer.BadParameter(f"expected one of {', '.join(STATES)}", param_hint="--state")
     cfg = _load(config)
-    q = JobQueue(cfg.db_path)
+    q = JobQueue(cfg.db_path, permissions=cfg.storage)
     try:
         rows: list[dict[str, Any]] = []
         for j in q.jobs(state, limit):
@@ -128,7 +130,7 @@ def jobs(
 def retry(job: int = typer.Argument(..., help="Job id (see `jobs`)."), config: Path = _CONFIG) -> None:
     """Re-queue a failed job: failed deliveries are retried with the stored results, else processing."""
     cfg = _load(config)
-    q = JobQueue(cfg.db_path)
+    q = JobQueue(cfg.db_path, permissions=cfg.storage)
     try:
         new = q.retry(job)
     except (KeyError, ValueError) as e:

@@ -74,7 +74,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
                   lifespan=lifespan, docs_url="/docs" if settings.docs else None,
                   redoc_url="/redoc" if settings.docs else None,
                   openapi_url="/openapi.json" if settings.docs else None)
-    store = JobStore(settings.jobs.directory)
+    store = JobStore(settings.jobs.directory, settings.jobs.permissions)
     metrics = Metrics(job_counts=store.counts)
     inference = Inference(settings.triton.url, settings.triton.protocol, settings.triton.timeout_s,
                           concurrency=settings.limits.inference_concurrency,
