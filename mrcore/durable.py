@@ -78,10 +78,13 @@ class Permissions:
 
     def create_file(self, path: str | Path) -> Path:
         """Create ``path`` empty with :attr:`file_mode` unless it exists (a file another library then opens:
-        SQLite, a log handler); an existing one gets the mode too."""
+        SQLite, a log handler); an existing file is left as it is (:meth:`prepare` fixes a store's modes)."""
         path = Path(path)
         make_dirs(path.parent, mode=self.dir_mode)
-        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT, self.file_mode)
+        try:
+            fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.file_mode)
+        except FileExistsError:
+            return path
         os.close(fd)
         os.chmod(path, self.file_mode)
         return path
