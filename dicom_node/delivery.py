@@ -83,7 +83,8 @@ class _Collect(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         thread = threading.current_thread()
-        ae = getattr(thread, "ae", None)  # an association thread (pynetdicom.association.Association)
+        # an association thread (pynetdicom's Association) or its DUL thread (DULServiceProvider.assoc)
+        ae = getattr(thread, "ae", None) or getattr(getattr(thread, "assoc", None), "ae", None)
         if not isinstance(ae, _DeliveryAE):
             with self.lock:
                 ae = self.callers.get(threading.get_ident())
