@@ -140,7 +140,8 @@ def test_limits_on_slices_coils_and_matrix():
 
 
 def test_contrast_names_are_case_insensitive_and_checked():
-    assert check_contrast("t2W", "target") == "T2w" and check_contrast("flair", "x") == "FLAIR"
+    assert check_contrast("T2w", "target") == "T2w" and check_contrast("FLAIR", "x") == "FLAIR"
+    assert err(check_contrast, "t2w", "target").status == 422  # the OpenAPI enum, exactly
     assert check_contrast(None, "x") is None
     e = err(check_contrast, "T3w", "target")
     assert (e.status, e.field) == (422, "target") and "T1w" in e.expected
