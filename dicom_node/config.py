@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mrcore.config import ConfigError, read_config_file
-from mrcore.durable import Permissions
 from mrcore.data.base import CONTRASTS
+from mrcore.durable import Permissions
 from serving.quality import QualitySettings
 
 __all__ = ["ConfigError", "Destination", "NodeConfig", "Peer", "RetryPolicy", "Route", "TLSConfig", "load_config"]

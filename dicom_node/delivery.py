@@ -67,7 +67,7 @@ class _DeliveryAE(AE):
         super().__init__(ae_title=ae_title)
         self.records: list[str] = []
 
-    def _create_socket(self, assoc, address, tls_args):  # type: ignore[no-untyped-def]
+    def _create_socket(self, assoc, address, tls_args):
         sock = _ClosingSocket(assoc, address=address)
         sock.tls_args = tls_args
         return sock

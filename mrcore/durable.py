@@ -67,7 +67,7 @@ class Permissions:
         root = Path(root)
         make_dirs(root, mode=self.dir_mode)
         gid = grp.getgrnam(self.group).gr_gid if self.group else -1
-        for d, dirs, files in os.walk(root):
+        for d, _dirs, files in os.walk(root):
             for name, mode in [(d, self.dir_mode)] + [(os.path.join(d, f), self.file_mode) for f in files]:
                 if os.path.islink(name):
                     continue

@@ -50,7 +50,6 @@ from mrcore.contract import ContractError, check_kspace, check_mask, check_mask_
 from mrcore.data.base import CONTRASTS
 from serving.dicom.errors import DicomInputError
 from serving.dicom.geometry import SeriesGeometry
-from serving.logs import uid_hash
 from serving.dicom.modules import (
     ds_str,
     file_meta,
@@ -60,6 +59,7 @@ from serving.dicom.modules import (
     patient_study,
     sop_common,
 )
+from serving.logs import uid_hash
 
 __all__ = [
     "KSPACE_GROUP",

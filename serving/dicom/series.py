@@ -31,8 +31,8 @@ from pydicom.uid import UID
 from mrcore.contrast import contrast_from_protocol, contrast_from_sequence
 from serving.dicom.errors import DicomInputError
 from serving.dicom.geometry import SeriesGeometry
-from serving.logs import uid_hash
 from serving.dicom.rawdata import RAW_DATA_STORAGE, kspace_contrast, kspace_slices
+from serving.logs import uid_hash
 
 __all__ = [
     "ENHANCED_MR_IMAGE_STORAGE",
