@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from dicom_node.queue import JobQueue
 from tests.conftest import free_port
 from tests.dicom_node.data import ellipse_volume, mr_series, write_series
 from tests.dicom_node.peers import node_config, storescu, wait_for
@@ -129,8 +130,6 @@ def test_late_instances_make_a_version_that_names_what_it_supersedes_and_storage
         assert f"supersedes derived series {v1_uid}" in str(ds.ImageComments)
         refs = {str(r.SeriesInstanceUID): r for r in ds.ReferencedSeriesSequence}
         assert uid in refs and v1_uid in refs and len(refs[v1_uid].ReferencedInstanceSequence) == 4
-    from dicom_node.queue import JobQueue
-
     q = JobQueue(tmp_path / "node" / "queue.sqlite")
     try:
         second = q.job(2)
