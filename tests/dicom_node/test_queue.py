@@ -6,11 +6,13 @@ functions: TEST DOUBLES of the inference step (the real one is tested in test_tr
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import time
 
 import pytest
 
+from dicom_node import queue as queue_module
 from dicom_node.config import parse_config
 from dicom_node.node import DicomNode
 from dicom_node.processing import InferenceProcessor, TransientError
@@ -101,6 +103,28 @@ def test_a_series_that_says_its_size_waits_for_all_of_it_or_the_longer_timeout(t
     (job,) = q.complete_quiet(5, incomplete_after=60)
     assert job.received_units == 2 and job.note == "2 of 6 images/slices received"
     q.close()
+
+
+def test_a_database_of_the_previous_version_is_migrated(tmp_path):
+    old_schema = queue_module._SCHEMA
+    for column in ("quiet_from REAL", "received_units INTEGER NOT NULL DEFAULT 0", "expected_units INTEGER",
+                   "note TEXT", "version INTEGER", "supersedes_series_uid TEXT"):
+        old_schema = old_schema.replace(f",\n    {column}", "")
+    old_schema = old_schema.replace(",\n    units INTEGER NOT NULL DEFAULT 1", "")
+    assert "quiet_from" not in old_schema and "units INTEGER" not in old_schema
+    db = sqlite3.connect(tmp_path / "q.sqlite")
+    db.executescript(old_schema)
+    db.execute("INSERT INTO jobs (route, series_uid, state, created_at, last_received_at, updated_at) "
+               "VALUES ('r', '1.2.3', 'receiving', 900, 900, 900)")
+    db.execute("INSERT INTO instances VALUES ('r', '1.2.3', '1', 1, '/x/1', 900)")
+    db.commit()
+    db.close()
+    clock = Clock()
+    q = JobQueue(tmp_path / "q.sqlite", clock=clock)
+    assert add(q, "2") == (1, True)
+    clock.t += 5
+    (job,) = q.complete_quiet(5)
+    assert job.num_instances == 2 and job.received_units == 2
 
 
 def test_a_later_job_of_a_series_waits_for_the_earlier_one(tmp_path):
