@@ -1,17 +1,16 @@
 """mrcore.durable: a file is the old one or the new one, never torn, also when the writer is killed."""
 
+import grp
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-
-import grp
-import stat
 
 from mrcore.durable import Permissions, append_durable, durable_path, write_durable, write_json_durable
 from tests.conftest import ROOT
