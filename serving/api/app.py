@@ -155,4 +155,5 @@ def app_from_env() -> FastAPI:
     path = os.environ.get("MRI_API_CONFIG")
     settings = ApiSettings.load(Path(path) if path else None)
     configure_logging(settings.logging.level, settings.logging.format)
+    settings.jobs.permissions.apply_umask()  # job files are patient data: nothing this process writes is o+r
     return create_app(settings)
