@@ -3,10 +3,14 @@
 Threads (all in one process, so a restart resumes everything from the queue and the spool):
 
 * the SCP's association threads store instances (:mod:`dicom_node.scp`);
-* the assembler marks series ``complete`` after ``quiet_seconds`` without a new instance, writes the
-  ``received`` audit line and purges files of jobs done longer than ``retention.keep_seconds`` ago;
-* ``processing.workers`` threads run the :class:`~dicom_node.processing.Processor` on complete series and
-  write the derived instances to ``results/<job>/`` (fsync, rename) before the job enters ``delivering``;
+* the assembler marks series ``complete`` after ``quiet_seconds`` without a new instance (counted from the node's
+  start too) once the size the instances state has arrived, or after ``incomplete_timeout_seconds`` marked
+  INCOMPLETE (:meth:`dicom_node.queue.JobQueue.complete_quiet`), writes the ``received`` audit line and purges
+  files of jobs done longer than ``retention.keep_seconds`` ago;
+* ``processing.workers`` threads run the :class:`~dicom_node.processing.Processor` on complete series, mark a
+  derived series that supersedes an earlier one of the same source (``v2``...) or comes from an incomplete one
+  (:func:`serving.dicom.mark_series_version`) and write the derived instances to ``results/<job>/`` (fsync,
+  rename, mode 0600) before the job enters ``delivering``;
 * ``delivery.workers`` threads send results to each destination, with exponential back-off, and write
   a ``sent`` audit line per series and destination.
 """
