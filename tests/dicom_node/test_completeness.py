@@ -5,6 +5,7 @@ backend (tests/dicom_node/doubles.py).
 * SIGKILL of the node three times while a series that says its size (ImagesInAcquisition) is sent in pieces,
   each followed by a pause longer than the quiet time: nothing is delivered from the partial series; after the
   full resend exactly one complete derived series is in the PACS.
+* A series still short of its size after ``incomplete_timeout_seconds``: delivered, marked INCOMPLETE.
 * Instances that arrive after the series was delivered: a version 2 that names the series it supersedes.
 * The storage (spool, results, queue, audit log) after a run: no file or directory readable by other users
   (``find -perm``), and with ``storage_group`` the group's modes 2750 / 0640.
@@ -138,6 +139,29 @@ def test_late_instances_make_a_version_that_names_what_it_supersedes_and_storage
         q.close()
     node.stop()
     assert_private(tmp_path / "node", group)
+
+
+def test_a_series_still_short_after_the_timeout_is_delivered_marked_incomplete(
+        tmp_path, orthanc_factory, node_factory, node_port):
+    orthanc = orthanc_factory()
+    cfg = node_config(tmp_path, port=node_port, destinations=pacs_destination(orthanc), routes=[SYNTH_ROUTE],
+                      quiet_seconds=0.5, incomplete_timeout_seconds=3)
+    node = node_factory(cfg)
+    sources = sized_series(6)
+    assert storescu(node.port, write_series(sources, tmp_path / "src")[:4], aec="SYNTH_T2").returncode == 0
+    time.sleep(1.5)  # past the quiet time, not past the timeout: still waiting for 2 of 6
+    assert [j["state"] for j in node.jobs()] == ["receiving"]
+    derived = wait_for(lambda: orthanc.derived_series(str(sources[0].SeriesInstanceUID)), 60, "the derived series")
+    wait_for(lambda: [j["state"] for j in node.jobs()] == ["done"], 30, "job done")
+    datasets = orthanc.datasets(orthanc.get(f"/series/{derived[0]['ID']}"))
+    assert len(datasets) == 4
+    for ds in datasets:
+        assert str(ds.SeriesDescription).endswith(" INCOMPLETE")
+        assert "INCOMPLETE source series: 4 of 6 images/slices received" in str(ds.DerivationDescription)
+        assert "INCOMPLETE source series: 4 of 6" in str(ds.ImageComments)
+    table = node.cli("jobs")
+    assert "INCOMPLETE: 4 of 6 images/slices received" in table.stdout, table.stdout
+    assert "incomplete after 3 s without a new instance" in node.log()
 
 
 def test_logs_carry_no_uid_of_an_accepted_or_a_rejected_instance(tmp_path, orthanc_factory, node_factory,
