@@ -7,25 +7,19 @@ pydicom's own value warnings (which quote element values) are silenced in the no
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from pathlib import Path
 
 import pydicom.config
 
+from mrcore.durable import Permissions
 from serving.logs import configure_logging as configure_service_logging
+from serving.logs import uid_hash
 
 __all__ = ["audit", "configure_logging", "uid_hash"]
 
 AUDIT = logging.getLogger("dicom_node.audit")
-
-
-def uid_hash(uid: str | None) -> str:
-    """First 12 hex digits of the SHA-256 of a UID (stable, not reversible in practice)."""
-    if not uid:
-        return "-"
-    return hashlib.sha256(str(uid).encode()).hexdigest()[:12]
 
 
 def audit(event: str, **fields) -> None:
@@ -33,12 +27,14 @@ def audit(event: str, **fields) -> None:
     AUDIT.info("AUDIT %s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
 
 
-def configure_logging(level: str = "INFO", audit_file: Path | None = None, fmt: str = "text") -> None:
+def configure_logging(level: str = "INFO", audit_file: Path | None = None, fmt: str = "text",
+                      permissions: Permissions | None = None) -> None:
     """The services' logging (:func:`serving.logs.configure_logging`, ``fmt`` ``text`` or ``json``) to stderr,
-    the audit lines also to ``audit_file``; third-party loggers that could quote datasets are quieted."""
+    the audit lines also to ``audit_file`` (created with ``permissions``' file mode, default 0600); third-party
+    loggers that could quote datasets are quieted (pynetdicom at WARNING)."""
     configure_service_logging(level, fmt)
     if audit_file is not None:
-        audit_file.parent.mkdir(parents=True, exist_ok=True)
+        (permissions or Permissions()).create_file(audit_file)
         fh = logging.FileHandler(audit_file)
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         AUDIT.addHandler(fh)

@@ -71,7 +71,9 @@ def serve(
     if inference_url:
         overrides["inference"] = {"url": inference_url, "protocol": raw.inference_protocol}
     cfg = _load(config, **overrides) if overrides else raw
-    configure_logging(log_level, cfg.audit_log or cfg.storage_dir / "audit.log", log_format)
+    cfg.storage.apply_umask()  # nothing this process writes is readable by other users (patient data)
+    cfg.storage.prepare(cfg.storage_dir)
+    configure_logging(log_level, cfg.audit_log or cfg.storage_dir / "audit.log", log_format, cfg.storage)
     node = DicomNode(cfg, processor_factory=_import_factory(processor) if processor else None)
     node.start()
     typer.echo(node.describe())
@@ -94,11 +96,12 @@ def jobs(
     limit: int = typer.Option(50, help="Newest N jobs."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Table of jobs and their states (with per-destination delivery state and the last error)."""
+    """Table of jobs and their states (with per-destination delivery state and the last error, or the note of an
+    incomplete series / the version a derived series supersedes)."""
     if state is not None and state not in STATES:
         raise typer.BadParameter(f"expected one of {', '.join(STATES)}", param_hint="--state")
     cfg = _load(config)
-    q = JobQueue(cfg.db_path)
+    q = JobQueue(cfg.db_path, permissions=cfg.storage)
     try:
         rows: list[dict[str, Any]] = []
         for j in q.jobs(state, limit):
@@ -106,7 +109,9 @@ def jobs(
                          "instances": j.num_instances, "attempts": j.attempts,
                          "deliveries": {d.destination: f"{d.state}({d.attempts})" for d in q.deliveries(j.id)},
                          "updated": _dt.datetime.fromtimestamp(j.updated_at).isoformat(timespec="seconds"),
-                         "age": _age(j.created_at), "last_error": j.last_error})
+                         "age": _age(j.created_at), "last_error": j.last_error, "note": j.note,
+                         "received": j.received_units, "expected": j.expected_units, "version": j.version,
+                         "supersedes": uid_hash(j.supersedes_series_uid) if j.supersedes_series_uid else None})
         if as_json:
             typer.echo(json.dumps(rows, indent=1))
             return
@@ -115,7 +120,8 @@ def jobs(
         typer.echo(header)
         for r in rows:
             dl = " ".join(f"{k}:{v}" for k, v in r["deliveries"].items()) or "-"
-            err = (r["last_error"] or "")[:80]
+            err = (r["last_error"] or (f"INCOMPLETE: {r['note']}" if r["note"] else "")
+                   or (f"v{r['version']}, supersedes {r['supersedes']}" if r["supersedes"] else ""))[:80]
             typer.echo(f"{r['id']:>5} {r['route']:<12} {r['state']:<11} {r['series']:<12} {r['instances']:>4} "
                        f"{r['attempts']:>3} {r['age']:>5}  {dl:<28} {err}")
         counts = q.counts()
@@ -128,7 +134,7 @@ def jobs(
 def retry(job: int = typer.Argument(..., help="Job id (see `jobs`)."), config: Path = _CONFIG) -> None:
     """Re-queue a failed job: failed deliveries are retried with the stored results, else processing."""
     cfg = _load(config)
-    q = JobQueue(cfg.db_path)
+    q = JobQueue(cfg.db_path, permissions=cfg.storage)
     try:
         new = q.retry(job)
     except (KeyError, ValueError) as e:

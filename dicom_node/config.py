@@ -21,6 +21,7 @@ from typing import Any
 
 from mrcore.config import ConfigError, read_config_file
 from mrcore.data.base import CONTRASTS
+from mrcore.durable import Permissions
 from serving.quality import QualitySettings
 
 __all__ = ["ConfigError", "Destination", "NodeConfig", "Peer", "RetryPolicy", "Route", "TLSConfig", "load_config"]
@@ -247,6 +248,10 @@ class NodeConfig:
     routes: tuple[Route, ...]
     destinations: dict[str, Destination]
     quiet_seconds: float = 5.0
+    #: a series whose instances say how much it holds but that is still short is complete after this long quiet
+    incomplete_timeout: float = 600.0
+    #: modes of the spool, results, queue and audit log (0700/0600, or 2750/0640 with a group)
+    storage: Permissions = Permissions()
     allowed_peers: tuple[Peer, ...] | None = None
     tls: TLSConfig | None = None
     inference_url: str = "127.0.0.1:8000"
@@ -273,7 +278,7 @@ class NodeConfig:
         return self.storage_dir / "queue.sqlite"
 
 
-_TOP = {"ae_title", "listen", "storage_dir", "quiet_seconds", "allowed_peers", "tls", "inference", "processing",
+_TOP = {"ae_title", "listen", "storage_dir", "storage_group", "quiet_seconds", "incomplete_timeout_seconds", "allowed_peers", "tls", "inference", "processing",
         "delivery", "network_timeout_seconds", "retention", "audit_log", "destinations", "routes", "max_pdu",
         "quality"}
 _ROUTE = {"name", "called_ae_title", "task", "model", "version", "source", "target", "rules", "destinations",
@@ -367,6 +372,15 @@ def parse_config(data: dict[str, Any], *, base: Path = Path(".")) -> NodeConfig:
     retention = _mapping("retention", v.get("retention"), {"keep_seconds"})
     storage = Path(_str("storage_dir", str(v["storage_dir"])))
     audit = v.get("audit_log")
+    quiet = _num("quiet_seconds", v.get("quiet_seconds", 5.0))
+    incomplete = _num("incomplete_timeout_seconds", v.get("incomplete_timeout_seconds", 600.0))
+    if incomplete < quiet:
+        raise ConfigError(f"incomplete_timeout_seconds: must be >= quiet_seconds ({quiet:g}), got {incomplete:g}")
+    group = v.get("storage_group")
+    try:
+        permissions = Permissions(None if group is None else _str("storage_group", group))
+    except ValueError as e:
+        raise ConfigError(f"storage_group: {e}") from None
     return NodeConfig(
         ae_title=_ae("ae_title", v.get("ae_title", "MRI_NODE")),
         host=_str("listen.host", listen.get("host", "127.0.0.1")),
@@ -374,7 +388,9 @@ def parse_config(data: dict[str, Any], *, base: Path = Path(".")) -> NodeConfig:
         storage_dir=storage if storage.is_absolute() else base / storage,
         routes=routes,
         destinations=dests,
-        quiet_seconds=_num("quiet_seconds", v.get("quiet_seconds", 5.0)),
+        quiet_seconds=quiet,
+        incomplete_timeout=incomplete,
+        storage=permissions,
         allowed_peers=_peers("allowed_peers", v.get("allowed_peers")),
         tls=TLSConfig.parse("tls", v.get("tls"), server=True, base=base),
         inference_url=_str("inference.url", inference.get("url", "127.0.0.1:8000")),

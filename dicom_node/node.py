@@ -3,10 +3,14 @@
 Threads (all in one process, so a restart resumes everything from the queue and the spool):
 
 * the SCP's association threads store instances (:mod:`dicom_node.scp`);
-* the assembler marks series ``complete`` after ``quiet_seconds`` without a new instance, writes the
-  ``received`` audit line and purges files of jobs done longer than ``retention.keep_seconds`` ago;
-* ``processing.workers`` threads run the :class:`~dicom_node.processing.Processor` on complete series and
-  write the derived instances to ``results/<job>/`` (fsync, rename) before the job enters ``delivering``;
+* the assembler marks series ``complete`` after ``quiet_seconds`` without a new instance (counted from the node's
+  start too) once the size the instances state has arrived, or after ``incomplete_timeout_seconds`` marked
+  INCOMPLETE (:meth:`dicom_node.queue.JobQueue.complete_quiet`), writes the ``received`` audit line and purges
+  files of jobs done longer than ``retention.keep_seconds`` ago;
+* ``processing.workers`` threads run the :class:`~dicom_node.processing.Processor` on complete series, mark a
+  derived series that supersedes an earlier one of the same source (``v2``...) or comes from an incomplete one
+  (:func:`serving.dicom.mark_series_version`) and write the derived instances to ``results/<job>/`` (fsync,
+  rename, mode 0600) before the job enters ``delivering``;
 * ``delivery.workers`` threads send results to each destination, with exponential back-off, and write
   a ``sent`` audit line per series and destination.
 """
@@ -26,11 +30,12 @@ from typing import TYPE_CHECKING
 import pydicom
 
 from dicom_node.audit import audit, uid_hash
-from dicom_node.delivery import send_files
+from dicom_node.delivery import DeliveryError, send_files
 from dicom_node.processing import Processor, is_retryable, make_processor, new_series_uid
 from dicom_node.queue import Job, JobQueue
 from dicom_node.scp import StorageSCP
 from mrcore.durable import write_durable
+from serving.dicom import mark_series_version
 
 if TYPE_CHECKING:
     from dicom_node.config import NodeConfig
@@ -38,6 +43,17 @@ if TYPE_CHECKING:
 __all__ = ["DicomNode"]
 
 log = logging.getLogger("dicom_node")
+
+
+def _instances_of(job: Job | None) -> list[tuple[str, str]]:
+    """(SOPClassUID, SOPInstanceUID) of a job's derived instances while its result files are kept, else []."""
+    if job is None or not job.result_dir or not Path(job.result_dir).is_dir():
+        return []
+    out = []
+    for f in sorted(Path(job.result_dir).glob("*.dcm")):
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        out.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+    return out
 
 
 class DicomNode:
@@ -55,7 +71,8 @@ class DicomNode:
     def __init__(self, config: NodeConfig, processor_factory: Callable[[], Processor] | None = None,
                  poll_seconds: float = 0.1) -> None:
         self.config = config
-        self.queue = JobQueue(config.db_path)
+        config.storage.prepare(config.storage_dir)
+        self.queue = JobQueue(config.db_path, permissions=config.storage)
         self.results = config.storage_dir / "results"
         self._factory = processor_factory or (lambda: make_processor(config.inference_url,
                                                                      config.inference_protocol, config.quality))
@@ -121,10 +138,16 @@ class DicomNode:
         last_purge = 0.0
         while not self._stop.is_set():
             try:
-                for job in self.queue.complete_quiet(self.config.quiet_seconds):
+                for job in self.queue.complete_quiet(self.config.quiet_seconds, self.config.incomplete_timeout):
                     audit("received", job=job.id, route=job.route, calling_ae=job.calling_ae, host=job.peer_host,
                           study=uid_hash(job.study_uid), series=uid_hash(job.series_uid),
-                          instances=job.num_instances)
+                          instances=job.num_instances, units=job.received_units,
+                          expected=job.expected_units if job.expected_units is not None else "-",
+                          complete="no" if job.note else "yes")
+                    if job.note:
+                        log.warning("job %d: series %s incomplete after %.0f s without a new instance (%s); processed "
+                                    "as it is, marked INCOMPLETE", job.id, uid_hash(job.series_uid),
+                                    self.config.incomplete_timeout, job.note)
                     self._wake.set()
                 if time.time() - last_purge > 60:
                     last_purge = time.time()
@@ -170,17 +193,28 @@ class DicomNode:
         datasets = [pydicom.dcmread(p) for p in paths]
         t0 = time.time()
         result = processor(route, datasets, series_instance_uid=new_series_uid(job.id, job.route, job.series_uid, 0))
+        earlier = self.queue.superseded(job)
+        version = 1 if earlier is None else (earlier.version or 1) + 1
+        mark_series_version(result.datasets, version=version,
+                            supersedes=earlier.result_series_uid if earlier is not None else None,
+                            superseded_instances=_instances_of(earlier), incomplete=job.note)
         out_dir = self.results / str(job.id)
         if out_dir.exists():
             shutil.rmtree(out_dir)  # a previous attempt died while writing
+        perms = self.config.storage
         for i, ds in enumerate(result.datasets):
             buf = io.BytesIO()
             pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-            write_durable(out_dir / f"{i + 1:05d}.dcm", buf.getvalue())
+            write_durable(out_dir / f"{i + 1:05d}.dcm", buf.getvalue(), mode=perms.file_mode, dir_mode=perms.dir_mode)
         series_uid = str(result.datasets[0].SeriesInstanceUID)
         self.queue.processed(job.id, result_dir=str(out_dir), result_series_uid=series_uid,
                              result_count=len(result.datasets), model=f"{result.model}:{result.model_version}",
-                             destinations=route.destinations)
+                             destinations=route.destinations, version=version,
+                             supersedes_series_uid=earlier.result_series_uid if earlier is not None else None)
+        if earlier is not None:
+            log.warning("job %d: new instances for series %s after job %d made its derived series: version %d "
+                        "supersedes series %s", job.id, uid_hash(job.series_uid), earlier.id, version,
+                        uid_hash(earlier.result_series_uid))
         log.info("job %d: %s processed %d instance(s) of series %s with %s version %s in %.2f s -> %d derived",
                  job.id, job.route, len(datasets), uid_hash(job.series_uid), result.model, result.model_version,
                  time.time() - t0, len(result.datasets))
@@ -233,7 +267,7 @@ class DicomNode:
                 raise FileNotFoundError(f"results of job {job.id}: {len(files)} files, expected {job.result_count}")
             n = send_files(dest, files, calling_ae_title=self.config.ae_title, timeout=self.config.network_timeout)
         except Exception as e:  # noqa: BLE001 - every failure of a delivery is recorded and retried
-            msg = f"{e.__class__.__name__}: {e}"
+            msg = str(e) if isinstance(e, DeliveryError) else f"{e.__class__.__name__}: {e}"
             retry = attempt < policy.max_attempts and not isinstance(e, KeyError)
             state = self.queue.delivery_result(job.id, d.destination, ok=False, error=msg,
                                                retry_in=policy.delay(attempt) if retry else None)

@@ -18,7 +18,6 @@ inference error on bad input is permanent and the job fails at once.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from pydicom.uid import generate_uid
 from serving.client import TritonClient
 from serving.dicom import build_derived_series, decode_kspace, read_series
 from serving.dicom.quality import annotate_quality
+from serving.logs import uid_hash
 from serving.quality import FALLBACK_METHOD, QualitySettings, SliceQuality, apply_policy, log_verdicts
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class InferenceProcessor:
         if quality is not None and self.quality is not None:
             image, quality = apply_policy(image, kv.kspace, kv.mask, quality, self.quality)
             log_verdicts(log, model, version, quality, self.quality, route=route.name,
-                         series=hashlib.sha256(series_instance_uid.encode()).hexdigest()[:16])
+                         series=uid_hash(series_instance_uid))
         out = build_derived_series(
             sources, image, model_name=model, model_version=version,
             series_description=_description(route, sources[0], model, contrast),

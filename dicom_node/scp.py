@@ -61,7 +61,7 @@ from serving.dicom import (
     check_image,
     check_kspace_instance,
 )
-from serving.dicom.series import guess_contrast
+from serving.dicom.series import guess_contrast, series_extent
 
 if TYPE_CHECKING:
     from dicom_node.config import NodeConfig, Route
@@ -263,9 +263,11 @@ class StorageSCP:
         name = hashlib.sha256(sop_uid.encode()).hexdigest()[:32]
         path = self.spool / route.name / uid_hash(series_uid) / f"{name}.dcm"
         try:
-            write_durable(path, encoded())
+            units, expected = series_extent(ds)
+            write_durable(path, encoded(), mode=self.config.storage.file_mode, dir_mode=self.config.storage.dir_mode)
             self.queue.add_instance(route=route.name, series_uid=series_uid, study_uid=study_uid, sop_uid=sop_uid,
-                                    path=str(path), calling_ae=calling, peer_host=host)
+                                    path=str(path), calling_ae=calling, peer_host=host, units=units,
+                                    expected_units=expected)
         except Exception as e:  # noqa: BLE001 - disk full, permission, database locked...
             log.error("%s: cannot be stored (%s: %s): 0xA700", where, e.__class__.__name__, e)
             return _status(STATUS_OUT_OF_RESOURCES, "cannot store the instance")

@@ -4,7 +4,7 @@
 warnings into log records. ``json``: one object per line ``{"ts", "level", "logger", "msg", "request_id", ...}``
 with the record's extra fields; ``text``: ``<time> <level> <logger>: <message>`` followed by the request id and
 the extra fields when there are any. Neither format ever formats a dataset or a request body: what goes
-into a record is the caller's choice, and the callers log ids, hashes, shapes and codes only.
+into a record is the caller's choice, and the callers log ids, hashes, shapes and codes only; a DICOM UID only through :func:`uid_hash`.
 
 The REST API adds its request ids (:data:`request_id_var`) and replaces uvicorn's access log
 (:mod:`serving.api.logs`); the DICOM node adds its audit file and quiets pynetdicom (:mod:`dicom_node.audit`).
@@ -13,13 +13,14 @@ The REST API adds its request ids (:data:`request_id_var`) and replaces uvicorn'
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import json
 import logging
 import sys
 import time
 
 __all__ = ["LOG_FORMATS", "JsonFormatter", "TextFormatter", "configure_logging", "current_request_id",
-           "request_id_var"]
+           "request_id_var", "uid_hash"]
 
 LOG_FORMATS = ("json", "text")
 
@@ -27,6 +28,15 @@ LOG_FORMATS = ("json", "text")
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
+
+
+def uid_hash(uid: object) -> str:
+    """The one way a DICOM UID (study, series, SOP instance) appears in a log line or an error message: the first
+    12 hex digits of its SHA-256 (stable, so lines about one series can be joined; not reversible in practice).
+    ``None`` or empty: ``"-"``."""
+    if uid is None or str(uid) == "":
+        return "-"
+    return hashlib.sha256(str(uid).encode()).hexdigest()[:12]
 
 
 def current_request_id() -> str | None:

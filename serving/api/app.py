@@ -30,6 +30,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from mrcore.data.base import CONTRASTS
 from serving.api.errors import install_handlers
 from serving.api.inference import Inference
 from serving.api.jobs import JobRunner, JobStore
@@ -57,6 +58,51 @@ models run in Triton.
 """
 
 
+def repository_models(repository: Path | None) -> list[str]:
+    """Names of the models in a Triton model repository (directories with a ``config.pbtxt``), sorted."""
+    if repository is None or not Path(repository).is_dir():
+        return []
+    return sorted(d.name for d in Path(repository).iterdir() if (d / "config.pbtxt").is_file())
+
+
+def _with_enums(app: FastAPI, models: list[str]):
+    """``app.openapi`` with enums where the API accepts a closed set: ``contrast``, ``source`` and ``target`` (the
+    contrasts of :data:`mrcore.data.base.CONTRASTS`), and, when the repository's models are known, ``model`` of
+    reconstruction (no ``synth_`` prefix) and synthesis (``synth_`` prefix) operations and ``name`` of
+    ``/v1/models/{name}``."""
+    plain = app.openapi
+    synth = [m for m in models if m.startswith("synth_")]
+    recon = [m for m in models if not m.startswith("synth_")]
+
+    def values(path: str, name: str) -> list[str] | None:
+        if name in ("contrast", "source", "target"):
+            return list(CONTRASTS)
+        if name == "model":
+            return (synth if "synth" in path else recon) or None
+        if name == "name" and path == "/v1/models/{name}":
+            return models or None
+        return None
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = plain()
+        for path, ops in schema.get("paths", {}).items():
+            for op in ops.values():
+                for param in op.get("parameters", []) if isinstance(op, dict) else []:
+                    enum = values(path, param.get("name", ""))
+                    if enum:
+                        sch = param.get("schema", {})
+                        string = next((a for a in sch.get("anyOf", []) if a.get("type") == "string"), sch)
+                        string["enum"] = enum
+                        string.pop("pattern", None)
+                        string.pop("maxLength", None)
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
+
+
 def create_app(settings: ApiSettings) -> FastAPI:
     """The API for ``settings`` (tokens, Triton URL, limits, job directory...)."""
     @asynccontextmanager
@@ -74,7 +120,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
                   lifespan=lifespan, docs_url="/docs" if settings.docs else None,
                   redoc_url="/redoc" if settings.docs else None,
                   openapi_url="/openapi.json" if settings.docs else None)
-    store = JobStore(settings.jobs.directory)
+    store = JobStore(settings.jobs.directory, settings.jobs.permissions)
     metrics = Metrics(job_counts=store.counts)
     inference = Inference(settings.triton.url, settings.triton.protocol, settings.triton.timeout_s,
                           concurrency=settings.limits.inference_concurrency,
@@ -90,6 +136,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     install_handlers(app)
     app.include_router(ops_router)
     app.include_router(inference_router)
+    # the OpenAPI document lists the repository's models (Triton serves the same repository) and the contrasts
+    app.openapi = _with_enums(app, repository_models(settings.triton.model_repository))  # type: ignore[method-assign]
 
     if settings.cors.allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors.allow_origins), allow_credentials=False,
@@ -107,4 +155,5 @@ def app_from_env() -> FastAPI:
     path = os.environ.get("MRI_API_CONFIG")
     settings = ApiSettings.load(Path(path) if path else None)
     configure_logging(settings.logging.level, settings.logging.format)
+    settings.jobs.permissions.apply_umask()  # job files are patient data: nothing this process writes is o+r
     return create_app(settings)

@@ -71,6 +71,7 @@ def serve(
         url = triton.grpc_url if settings.triton.protocol == "grpc" else triton.http_url
         settings = _settings(config, set_, url)
     configure_logging(settings.logging.level, settings.logging.format)
+    settings.jobs.permissions.apply_umask()  # job files are patient data: nothing this process writes is o+r
     try:
         if triton is not None:
             triton.start()

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from mrcore.contract import ContractError
 from serving.api.logs import current_request_id
@@ -90,6 +91,29 @@ def _validation_error(exc: RequestValidationError) -> ApiError:
                     code="invalid_parameter")
 
 
+def _routes(routes):
+    """Every route, those of included routers too (FastAPI >= 0.13x keeps an included router as one entry)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        else:
+            yield route
+
+
+def _allowed(request: Request) -> str:
+    """The ``Allow`` header of a 405: the methods of EVERY route whose path matches (Starlette's names only the
+    first one's, so ``/v1/jobs/{job_id}`` said ``GET`` without ``DELETE``)."""
+    static: set[str] = set()
+    templated: set[str] = set()
+    for route in _routes(request.app.router.routes):
+        match, _ = route.matches({**request.scope, "method": "\x00"})  # no method matches: PARTIAL = path matches
+        if match == Match.PARTIAL and getattr(route, "methods", None):
+            (templated if getattr(route, "param_convertors", None) else static).update(route.methods)
+    # a path that is a route of its own (/v1/jobs/reconstruct) is that resource, not an id of /v1/jobs/{job_id}
+    return ", ".join(sorted(static or templated))
+
+
 def install_handlers(app: FastAPI) -> None:
     """Map ApiError, request validation, HTTP errors and the client layer's errors to the JSON shape."""
     @app.exception_handler(ApiError)
@@ -111,11 +135,12 @@ def install_handlers(app: FastAPI) -> None:
         expected = None
         if exc.status_code == 404:
             detail, expected = f"no such endpoint: {request.url.path}", "an endpoint listed at /docs"
-        elif exc.status_code == 405:
-            detail, expected = f"method {request.method} is not allowed on {request.url.path}", \
-                (exc.headers or {}).get("Allow")
-        return error_response(ApiError(exc.status_code, detail, field=field, expected=expected,
-                                       headers=dict(exc.headers or {})), request)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed(request)
+            detail, expected = f"method {request.method} is not allowed on {request.url.path}", headers["Allow"]
+        return error_response(ApiError(exc.status_code, detail, field=field, expected=expected, headers=headers),
+                              request)
 
     @app.exception_handler(UnknownModel)
     async def _unknown_model(request: Request, exc: UnknownModel):

@@ -121,12 +121,10 @@ def _fmt(a: np.ndarray) -> str:
 
 
 def check_contrast(value: str | None, field_name: str) -> str | None:
-    """Canonical contrast name (case-insensitive), or ApiError 422 naming ``field_name``."""
-    if value is None:
-        return None
-    for c in CONTRASTS:
-        if value.strip().lower() == c.lower():
-            return c
+    """``value`` if it is one of :data:`mrcore.data.base.CONTRASTS` exactly (the enum of the OpenAPI document),
+    else ApiError 422 naming ``field_name``."""
+    if value is None or value in CONTRASTS:
+        return value
     raise ApiError(422, f"unknown contrast {value[:40]!r}", field=field_name, expected=f"one of {', '.join(CONTRASTS)}",
                    got=value[:40], code="unknown_contrast")
 

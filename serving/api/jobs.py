@@ -32,7 +32,7 @@ from typing import Any
 
 import anyio
 
-from mrcore.durable import write_json_durable
+from mrcore.durable import Permissions, make_dirs, write_json_durable
 from serving.api.errors import ApiError
 from serving.api.inputs import Upload, parse_recon, parse_synth
 from serving.api.outputs import write_result
@@ -89,8 +89,9 @@ def _iso(t: float | None) -> str | None:
 class JobStore:
     """Jobs on disk (``directory/<id>/state.json``)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, permissions: Permissions | None = None) -> None:
         self.directory = Path(directory)  # created by the first job (or JobRunner.start)
+        self.permissions = permissions or Permissions()  # job files hold patient data: never world-readable
 
     def path(self, job_id: str) -> Path:
         if not _ID.match(job_id):
@@ -100,12 +101,13 @@ class JobStore:
 
     def new(self, kind: str, owner: str, params: dict) -> Job:
         job = Job(uuid.uuid4().hex, kind, owner, params=params)
-        (self.path(job.id) / "input").mkdir(parents=True)
+        make_dirs(self.path(job.id) / "input", mode=self.permissions.dir_mode)
         self.save(job)
         return job
 
     def save(self, job: Job) -> None:
-        write_json_durable(self.path(job.id) / "state.json", asdict(job))
+        write_json_durable(self.path(job.id) / "state.json", asdict(job), mode=self.permissions.file_mode,
+                           dir_mode=self.permissions.dir_mode)
 
     def load(self, job_id: str) -> Job | None:
         try:
@@ -184,7 +186,7 @@ class JobRunner:
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
-        self.store.directory.mkdir(parents=True, exist_ok=True)
+        self.store.permissions.prepare(self.store.directory)
         self.store.cleanup(self.settings.jobs.keep_seconds)
         for job in self.store.all():
             if job.status == "receiving":
@@ -284,7 +286,7 @@ class JobRunner:
                         raise
                     time.sleep(2.0 * 2 ** attempt)
             name = f"result.{EXTENSIONS[p['format']]}"
-            write_result(rendered, self.store.path(job.id) / name)
+            write_result(rendered, self.store.path(job.id) / name, mode=self.store.permissions.file_mode)
             job.result = {"file": name, "media_type": rendered.media_type, "filename": rendered.filename,
                           "bytes": len(rendered.body), "headers": rendered.headers}
             job.quality = rendered.quality

@@ -150,9 +150,9 @@ def render(fmt: str, volume: np.ndarray, meta: OutputMeta, *, slice_index: int |
     return Rendered(media, FILENAMES[fmt], body, headers, quality)
 
 
-def write_result(rendered: Rendered, path: Path) -> None:
-    """A job's answer, written crash-safely (the job store survives restarts)."""
-    write_durable(path, rendered.body)
+def write_result(rendered: Rendered, path: Path, mode: int | None = None) -> None:
+    """A job's answer, written crash-safely (the job store survives restarts) with ``mode`` (e.g. 0o600)."""
+    write_durable(path, rendered.body, mode=mode)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def recon_query(
     format: OutputFormat | None = Query(None, description="answer format (else from Accept; default npy)"),
     input_format: ReconInputFormat | None = Query(None, description="body format (else Content-Type / magic bytes)"),
     model: str | None = Query(None, pattern=MODEL, description="Triton model (default: the configured recon model)"),
-    contrast: str | None = Query(None, max_length=40, description="contrast label of the data: T1w, T2w, PD, FLAIR"),
+    contrast: str | None = Query(None, max_length=40, description="contrast label of the data"),
     slice: int | None = Query(None, ge=0, le=100_000, description="format=png: preview this slice only"),
     pixel_spacing_mm: float | None = Query(None, gt=0, le=100, description="in-plane pixel spacing of the images"),
     slice_thickness_mm: float | None = Query(None, gt=0, le=1000, description="slice thickness / spacing"),
@@ -81,7 +81,7 @@ class SynthQuery:
 
 
 def synth_query(
-    target: str = Query(..., max_length=40, description="contrast to synthesize: T1w, T2w, PD, FLAIR"),
+    target: str = Query(..., max_length=40, description="contrast to synthesize"),
     source: str | None = Query(None, max_length=40, description="contrast of the input (DICOM: guessed if absent)"),
     format: OutputFormat | None = Query(None, description="answer format (default: dicom for DICOM input, nifti "
                                                           "for NIfTI input, npy for .npy input)"),

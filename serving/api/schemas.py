@@ -25,6 +25,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorOut, "description": "Triton is unavailable; retry later"},
 }
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = ERRORS | {
+    400: {"model": ErrorOut, "description": "malformed body (multipart without a boundary, truncated upload)"},
     406: {"model": ErrorOut, "description": "the Accept header names no producible format"},
     413: {"model": ErrorOut, "description": "body over the size limit, or too many slices for a synchronous request"},
     415: {"model": ErrorOut, "description": "unrecognised body format"},

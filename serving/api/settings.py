@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from mrcore.config import ConfigError, apply_overrides, build, read_config_file
+from mrcore.durable import Permissions
 from serving.quality import QualitySettings
 
 __all__ = ["ApiSettings", "AuthSettings", "ConfigError", "CorsSettings", "JobSettings", "LimitSettings",
@@ -123,8 +124,18 @@ class JobSettings:
     keep_seconds: float = 86400.0            # finished jobs (and their files) are removed after this
     max_queued: int = 16                     # submissions beyond this: 429
     chunk_slices: int = 8                    # slices per Triton call (progress is reported per chunk)
+    #: job files hold patient data: dirs 0700 / files 0600, or 2750 / 0640 shared with this group
+    group: str | None = None
+
+    @property
+    def permissions(self) -> Permissions:
+        return Permissions(self.group)
 
     def __post_init__(self) -> None:
+        try:
+            Permissions(self.group)
+        except ValueError as e:
+            raise ConfigError(f"config key 'jobs.group': {e}") from None
         _positive("jobs.workers", self.workers)
         _positive("jobs.keep_seconds", self.keep_seconds, minimum=0)
         _positive("jobs.max_queued", self.max_queued)

@@ -6,8 +6,10 @@ stream it into the job's directory (:func:`read_upload` with ``directory``).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import anyio
@@ -45,10 +47,17 @@ def split_multipart_related(body: bytes, boundary: str) -> list[bytes]:
     return parts
 
 
+def _create(path: Path):
+    """Open a new file of an uploaded job for writing, with its directory's read/write bits (0600 in a 0700 job
+    directory, 0640 in a 2750 one): uploads are patient data."""
+    mode = stat.S_IMODE(os.stat(path.parent).st_mode) & 0o660
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode | 0o600), "wb")
+
+
 async def _save(src: UploadFile, path: Path) -> Path:
     def copy() -> None:
         src.file.seek(0)
-        with open(path, "wb") as out:
+        with _create(path) as out:
             shutil.copyfileobj(src.file, out, 1 << 20)
 
     await anyio.to_thread.run_sync(copy)
@@ -72,13 +81,14 @@ async def read_upload(request: Request, directory: Path | None = None) -> Upload
             files = []
             for i, p in enumerate(parts):
                 path = directory / f"file-{i}"
-                path.write_bytes(p)
+                with _create(path) as out:
+                    out.write(p)
                 files.append(path)
         return Upload(files, "application/dicom", multipart_related=True)
     if directory is None:
         return Upload([await request.body()], media or None)
     path = directory / "file-0"
-    with open(path, "wb") as out:
+    with _create(path) as out:
         async for chunk in request.stream():
             if chunk:
                 await anyio.to_thread.run_sync(out.write, chunk)

@@ -18,6 +18,7 @@ from serving.dicom.derived import (
     datasets_zip,
     derivation_description,
     intensity_mapping,
+    mark_series_version,
     real_world_values,
 )
 from serving.dicom.errors import DicomInputError
@@ -32,6 +33,7 @@ from serving.dicom.rawdata import (
     decode_kspace,
     encode_kspace,
     has_kspace,
+    kspace_slices,
 )
 from serving.dicom.series import (
     ENHANCED_MR_IMAGE_STORAGE,
@@ -43,6 +45,7 @@ from serving.dicom.series import (
     guess_contrast,
     load_datasets,
     read_series,
+    series_extent,
 )
 
 __all__ = [
@@ -71,8 +74,11 @@ __all__ = [
     "guess_contrast",
     "has_kspace",
     "intensity_mapping",
+    "kspace_slices",
     "load_datasets",
+    "mark_series_version",
     "read_kspace_file",
     "read_series",
     "real_world_values",
+    "series_extent",
 ]

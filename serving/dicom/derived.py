@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from serving.dicom.geometry import SeriesGeometry
 
 __all__ = ["SYNTHESIS_CODE", "UINT16_MAX", "build_derived_series", "dataset_bytes", "datasets_zip",
-           "derivation_description", "intensity_mapping", "real_world_values"]
+           "derivation_description", "intensity_mapping", "mark_series_version", "real_world_values"]
 
 #: (Code Value, Coding Scheme Designator, Code Meaning) of the Derivation Code Sequence item of a synthesized
 #: series. Local ("99" prefix) coding scheme: DICOM's CID 7203 (Image Derivation) has no code for it.
@@ -203,6 +203,54 @@ def build_derived_series(
         file_meta(ds)
         out.append(ds)
     return out
+
+
+def _suffixed(description: str, suffix: str) -> str:
+    """``description`` + ``suffix`` within SeriesDescription's 64 characters (the description is cut, not the
+    suffix)."""
+    return (description[:64 - len(suffix)].rstrip() + suffix).strip()
+
+
+def mark_series_version(datasets: Sequence[Dataset], *, version: int = 1, supersedes: str | None = None,
+                        superseded_instances: Sequence[tuple[str, str]] = (), incomplete: str | None = None) -> None:
+    """Say in a derived series (in place) that it replaces an earlier one and/or that its source was incomplete.
+
+    version, supersedes : version ``n`` >= 2 of the derived series of one source series replaces the derived series
+        ``supersedes`` (its SeriesInstanceUID): ``SeriesDescription`` ends with `` v<n>``, ``DerivationDescription``
+        and ``ImageComments`` name the superseded series, and ``ReferencedSeriesSequence`` gets an item for it
+        (with ``superseded_instances``, its (SOPClassUID, SOPInstanceUID) pairs, when known).
+    incomplete : a note such as ``"13 of 32 images received"``: ``SeriesDescription`` ends with `` INCOMPLETE``
+        and ``DerivationDescription`` / ``ImageComments`` carry the note.
+    """
+    if version < 1 or (version > 1) != (supersedes is not None):
+        raise ValueError(f"version {version} with supersedes={supersedes!r}: version >= 2 names what it supersedes")
+    suffix = (f" v{version}" if version > 1 else "") + (" INCOMPLETE" if incomplete else "")
+    notes = []
+    if incomplete:
+        notes.append(f"INCOMPLETE source series: {incomplete}")
+    if supersedes:
+        notes.append(f"version {version}, supersedes derived series {supersedes}")
+    if not notes:
+        return
+    item = None
+    if supersedes:
+        item = Dataset()
+        item.SeriesInstanceUID = supersedes
+        refs = []
+        for cls, uid in superseded_instances:
+            r = Dataset()
+            r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID = cls, uid
+            refs.append(r)
+        item.ReferencedInstanceSequence = DicomSequence(refs)
+    for ds in datasets:
+        ds.SeriesDescription = _suffixed(str(ds.get("SeriesDescription", "") or ""), suffix)
+        ds.DerivationDescription = "; ".join([str(ds.get("DerivationDescription", "") or ""), *notes]).strip("; ")[
+            :1024]
+        ds.ImageComments = "; ".join([*notes, str(ds.get("ImageComments", "") or "")]).strip("; ")[:10240]
+        if item is not None:
+            refs_seq = ds.get("ReferencedSeriesSequence") or DicomSequence([])
+            refs_seq.append(copy.deepcopy(item))
+            ds.ReferencedSeriesSequence = refs_seq
 
 
 def _referenced_series(sources: Sequence[Dataset]) -> DicomSequence:

@@ -59,6 +59,7 @@ from serving.dicom.modules import (
     patient_study,
     sop_common,
 )
+from serving.logs import uid_hash
 
 __all__ = [
     "KSPACE_GROUP",
@@ -67,6 +68,7 @@ __all__ = [
     "KSpaceVolume",
     "check_kspace_instance",
     "decode_kspace",
+    "kspace_slices",
     "encode_kspace",
     "has_kspace",
 ]
@@ -257,7 +259,7 @@ def _kspace_block(ds: Dataset, part: np.ndarray, mask: np.ndarray | None, *, fir
 # decoding
 # --------------------------------------------------------------------------------------------------
 def _where(ds: Dataset) -> str:
-    return f"raw data instance ...{str(ds.get('SOPInstanceUID', '?'))[-12:]}"
+    return f"raw data instance {uid_hash(ds.get('SOPInstanceUID'))}"
 
 
 def _block(ds: Dataset):
@@ -420,6 +422,18 @@ def _contract(where: str, attribute: str, check, *args, kind: str = "invalid", *
         raise DicomInputError(f"{where}: {attribute}: {exc}", attribute=attribute, kind=kind, contract=exc) from None
 
 
+def kspace_slices(ds: Dataset) -> tuple[int, int]:
+    """``(slices this Raw Data instance carries, slices of its whole series)``: ``KSpaceShape[0]`` and the total of
+    ``KSpaceSliceRange`` of the k-space block (of an instance :func:`check_kspace_instance` accepted)."""
+    block = _block(ds)
+    if block is None:
+        raise DicomInputError(f"{_where(ds)}: no k-space private block", attribute="KSpacePrivateCreator",
+                              kind="missing")
+    shape = _ints(ds, "KSpaceShape", _field(ds, block, "KSpaceShape"), (4,))
+    rng = _field(ds, block, "KSpaceSliceRange")
+    return int(shape[0]), int(rng[1])
+
+
 def check_kspace_instance(ds: Dataset) -> None:
     """Validate one Raw Data instance (private block present, sizes consistent); raises DicomInputError."""
     _decode_one(ds)
@@ -470,7 +484,7 @@ def decode_kspace(datasets: Sequence[Dataset] | Dataset) -> KSpaceVolume:
         raise DicomInputError(f"k-space series incomplete or overlapping: {p0.total} slices expected, missing "
                               f"{missing[:10]}, given twice {twice[:10]}", attribute="KSpaceSliceRange",
                               kind="mismatch")
-    kspace = _contract(f"series ...{str(p0.ds.SeriesInstanceUID)[-12:]}", "KSpaceData", check_kspace,
+    kspace = _contract(f"series {uid_hash(p0.ds.SeriesInstanceUID)}", "KSpaceData", check_kspace,
                        np.concatenate([p.kspace for p in parts]))
     mask = None
     if p0.mask is not None:

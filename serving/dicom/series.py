@@ -31,7 +31,8 @@ from pydicom.uid import UID
 from mrcore.contrast import contrast_from_protocol, contrast_from_sequence
 from serving.dicom.errors import DicomInputError
 from serving.dicom.geometry import SeriesGeometry
-from serving.dicom.rawdata import kspace_contrast
+from serving.dicom.rawdata import RAW_DATA_STORAGE, kspace_contrast, kspace_slices
+from serving.logs import uid_hash
 
 __all__ = [
     "ENHANCED_MR_IMAGE_STORAGE",
@@ -43,6 +44,7 @@ __all__ = [
     "guess_contrast",
     "load_datasets",
     "read_series",
+    "series_extent",
 ]
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -170,9 +172,26 @@ def _floats(ds: Dataset, keyword: str, n: int, where: str) -> np.ndarray:
     return arr
 
 
+def series_extent(ds: Dataset) -> tuple[int, int | None]:
+    """What one instance adds to its series and how much the whole series holds, in one unit (images or k-space
+    slices), for deciding that a series is complete.
+
+    Raw Data k-space: ``(slices it carries, total slices of its KSpaceSliceRange)``. An image: ``(frames,
+    ImagesInAcquisition (0020,1002))``, frames = NumberOfFrames (1 when absent); the total is None when the
+    instance does not say it (or says 0). Of an instance the node's checks accepted.
+    """
+    if str(ds.get("SOPClassUID", "")) == RAW_DATA_STORAGE:
+        return kspace_slices(ds)
+    total = ds.get("ImagesInAcquisition")
+    try:
+        expected = int(total) if total not in (None, "") else None
+    except (TypeError, ValueError):
+        expected = None
+    return _num_frames(ds), (expected if expected and expected > 0 else None)
+
+
 def _where(ds: Dataset) -> str:
-    uid = str(ds.get("SOPInstanceUID", "?"))
-    return f"instance ...{uid[-12:]}"
+    return f"instance {uid_hash(ds.get('SOPInstanceUID'))}"
 
 
 def _num_frames(ds: Dataset) -> int:

@@ -60,6 +60,8 @@ def test_toml_is_accepted(tmp_path):
     (lambda c: c.update(quiet_seconds=-1), r"quiet_seconds: expected a number >= 0"),
     (lambda c: c.update(allowed_peers=[{"ae_title": "X", "hosts": "127.0.0.1"}]), r"allowed_peers\[0\].hosts"),
     (lambda c: c["routes"].append(copy.deepcopy(c["routes"][0])), r"route names must be unique"),
+    (lambda c: c.update(quiet_seconds=10, incomplete_timeout_seconds=5), r"incomplete_timeout_seconds: must be >= "),
+    (lambda c: c.update(storage_group="no-such-group-mri"), r"storage_group: storage group 'no-such-group-mri' does"),
 ])
 def test_errors_name_the_key(mutate, message):
     c = base()

@@ -6,11 +6,13 @@ functions: TEST DOUBLES of the inference step (the real one is tested in test_tr
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import time
 
 import pytest
 
+from dicom_node import queue as queue_module
 from dicom_node.config import parse_config
 from dicom_node.node import DicomNode
 from dicom_node.processing import InferenceProcessor, TransientError
@@ -30,9 +32,9 @@ class Clock:
         return self.t
 
 
-def add(q, sop, series="1.2.3", route="r"):
+def add(q, sop, series="1.2.3", route="r", expected=None, units=1):
     return q.add_instance(route=route, series_uid=series, study_uid="9", sop_uid=sop, path=f"/x/{sop}",
-                          calling_ae="SCANNER", peer_host="127.0.0.1")
+                          calling_ae="SCANNER", peer_host="127.0.0.1", units=units, expected_units=expected)
 
 
 def test_series_spanning_associations_deduplicated_and_completed_after_quiet_time(tmp_path):
@@ -46,11 +48,98 @@ def test_series_spanning_associations_deduplicated_and_completed_after_quiet_tim
     (job,) = q.complete_quiet(5)
     assert job.state == "complete" and job.num_instances == 2
     assert q.instance_paths(job) == ["/x/1", "/x/2"]
-    # a late instance of the same series starts a new job covering the whole series
-    assert add(q, "3") == (2, True)
+    # a late instance before processing started reopens the job
+    assert add(q, "3") == (1, True) and q.job(1).state == "receiving"
+    clock.t += 5
+    (job,) = q.complete_quiet(5)
+    assert job.id == 1 and job.num_instances == 3
+    # once processed, a late instance starts a new job covering the whole series, which supersedes it
+    job = q.claim_for_processing()
+    q.processed(job.id, result_dir="/r/1", result_series_uid="7.1", result_count=3, model="m:1", destinations=["d"])
+    assert add(q, "4") == (2, True)
     clock.t += 5
     (late,) = q.complete_quiet(5)
-    assert late.id == 2 and q.instance_paths(late) == ["/x/1", "/x/2", "/x/3"]
+    assert late.id == 2 and q.instance_paths(late) == ["/x/1", "/x/2", "/x/3", "/x/4"]
+    assert q.superseded(late).result_series_uid == "7.1" and q.superseded(q.job(1)) is None
+
+
+def test_a_restart_starts_the_quiet_time_again(tmp_path):
+    """13 instances acknowledged, the node down for longer than the quiet time: after the restart the series is
+    not complete until it has been quiet for the quiet time as seen by the running node."""
+    clock = Clock()
+    q = JobQueue(tmp_path / "q.sqlite", clock=clock)
+    for i in range(13):
+        add(q, str(i))
+    q.close()
+    clock.t += 60  # the node was down for a minute
+    q = JobQueue(tmp_path / "q.sqlite", clock=clock)
+    q.recover()
+    assert q.complete_quiet(5) == [] and q.job(1).state == "receiving"
+    clock.t += 4
+    assert q.complete_quiet(5) == []
+    add(q, "13")  # the scanner resumes
+    clock.t += 5
+    (job,) = q.complete_quiet(5)
+    assert job.num_instances == 14 and job.note is None
+
+
+def test_a_series_that_says_its_size_waits_for_all_of_it_or_the_longer_timeout(tmp_path):
+    clock = Clock()
+    q = JobQueue(tmp_path / "q.sqlite", clock=clock)
+    for i in range(13):
+        add(q, str(i), expected=32)
+    clock.t += 30
+    assert q.complete_quiet(5, incomplete_after=60) == []  # quiet, but 19 images are missing
+    for i in range(13, 32):
+        add(q, str(i), expected=32)
+    clock.t += 5
+    (job,) = q.complete_quiet(5, incomplete_after=60)
+    assert job.received_units == job.expected_units == 32 and job.note is None
+    # k-space: slices are the unit; an instance carrying 2 of 6 slices, then silence past the timeout
+    add(q, "k1", series="2.2", expected=6, units=2)
+    clock.t += 59
+    assert q.complete_quiet(5, incomplete_after=60) == []
+    clock.t += 1
+    (job,) = q.complete_quiet(5, incomplete_after=60)
+    assert job.received_units == 2 and job.note == "2 of 6 images/slices received"
+    q.close()
+
+
+def test_a_database_of_the_previous_version_is_migrated(tmp_path):
+    old_schema = queue_module._SCHEMA
+    for column in ("quiet_from REAL", "received_units INTEGER NOT NULL DEFAULT 0", "expected_units INTEGER",
+                   "note TEXT", "version INTEGER", "supersedes_series_uid TEXT"):
+        old_schema = old_schema.replace(f",\n    {column}", "")
+    old_schema = old_schema.replace(",\n    units INTEGER NOT NULL DEFAULT 1", "")
+    assert "quiet_from" not in old_schema and "units INTEGER" not in old_schema
+    db = sqlite3.connect(tmp_path / "q.sqlite")
+    db.executescript(old_schema)
+    db.execute("INSERT INTO jobs (route, series_uid, state, created_at, last_received_at, updated_at) "
+               "VALUES ('r', '1.2.3', 'receiving', 900, 900, 900)")
+    db.execute("INSERT INTO instances VALUES ('r', '1.2.3', '1', 1, '/x/1', 900)")
+    db.commit()
+    db.close()
+    clock = Clock()
+    q = JobQueue(tmp_path / "q.sqlite", clock=clock)
+    assert add(q, "2") == (1, True)
+    clock.t += 5
+    (job,) = q.complete_quiet(5)
+    assert job.num_instances == 2 and job.received_units == 2
+
+
+def test_a_later_job_of_a_series_waits_for_the_earlier_one(tmp_path):
+    clock = Clock()
+    q = JobQueue(tmp_path / "q.sqlite", clock=clock)
+    add(q, "1")
+    clock.t += 5
+    q.complete_quiet(5)
+    first = q.claim_for_processing()
+    add(q, "2")  # arrives while job 1 is being processed: a new job
+    clock.t += 5
+    (second,) = q.complete_quiet(5)
+    assert second.id == 2 and q.claim_for_processing() is None  # not while job 1 is processing
+    q.processed(first.id, result_dir="/r", result_series_uid="7.1", result_count=1, model="m:1", destinations=["d"])
+    assert q.claim_for_processing().id == 2
 
 
 def test_state_machine_retries_and_recovery(tmp_path):

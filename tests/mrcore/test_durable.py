@@ -1,8 +1,10 @@
 """mrcore.durable: a file is the old one or the new one, never torn, also when the writer is killed."""
 
+import grp
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -10,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from mrcore.durable import append_durable, durable_path, write_durable, write_json_durable
+from mrcore.durable import Permissions, append_durable, durable_path, write_durable, write_json_durable
 from tests.conftest import ROOT
 
 
@@ -43,6 +45,30 @@ def test_durable_path_for_writers_that_want_a_name(tmp_path):
         with open(tmp, "wb") as f:
             np.savez(f, x=np.ones(2))
     assert np.load(target)["x"].tolist() == [1.0, 1.0]
+
+
+def test_modes_of_patient_data_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)  # a permissive umask: the modes must not depend on it
+    try:
+        p = Permissions()
+        write_durable(tmp_path / "store" / "a" / "x.dcm", b"1", mode=p.file_mode, dir_mode=p.dir_mode)
+        assert stat.S_IMODE((tmp_path / "store" / "a" / "x.dcm").stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "store" / "a").stat().st_mode) == 0o700
+        legacy = tmp_path / "store" / "legacy.txt"
+        legacy.write_text("x")  # 0644, as an older version left it
+        p.create_file(tmp_path / "store" / "db.sqlite")
+        p.prepare(tmp_path / "store")
+        modes = {stat.S_IMODE(q.stat().st_mode) for q in (tmp_path / "store").rglob("*")}
+        assert modes == {0o600, 0o700}
+        group = grp.getgrgid(os.getgid()).gr_name
+        g = Permissions(group)
+        g.prepare(tmp_path / "store")
+        assert stat.S_IMODE((tmp_path / "store").stat().st_mode) == 0o2750
+        assert stat.S_IMODE(legacy.stat().st_mode) == 0o640
+        with pytest.raises(ValueError, match="does not exist"):
+            Permissions("no-such-group-mri")
+    finally:
+        os.umask(old)
 
 
 def test_append_is_one_record_per_call(tmp_path):

@@ -327,6 +327,12 @@ def test_job_mode_for_a_volume_over_the_synchronous_limit(api, http, examples, t
     out = load_npy(result.content)
     ref = triton.reconstruct(np.load(examples / "kspace_job.npy"))
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6 * float(np.abs(ref).max()))
+    # the job's files (patient data) are readable by nobody but the server's user: dirs 0700, files 0600
+    jobs_dir = api.workdir / "jobs"
+    assert (jobs_dir / job["id"] / "state.json").is_file()
+    leaked = subprocess.run(["find", str(jobs_dir), "-perm", "/g+rwx,o+rwx"], capture_output=True, text=True,
+                            check=True).stdout
+    assert leaked == "", leaked
     # visible to its owner only; listed; deleted
     with api.client(headers={"Authorization": f"Bearer {OTHER_TOKEN}"}) as other:
         assert_error(other.get(f"/v1/jobs/{job['id']}"), 404, "job_id", "unknown_job")

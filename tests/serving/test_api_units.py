@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import io
 import json
+import os
+import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -136,7 +140,8 @@ def test_limits_on_slices_coils_and_matrix():
 
 
 def test_contrast_names_are_case_insensitive_and_checked():
-    assert check_contrast("t2W", "target") == "T2w" and check_contrast("flair", "x") == "FLAIR"
+    assert check_contrast("T2w", "target") == "T2w" and check_contrast("FLAIR", "x") == "FLAIR"
+    assert err(check_contrast, "t2w", "target").status == 422  # the OpenAPI enum, exactly
     assert check_contrast(None, "x") is None
     e = err(check_contrast, "T3w", "target")
     assert (e.status, e.field) == (422, "target") and "T1w" in e.expected
@@ -298,6 +303,39 @@ def test_jobs_survive_a_restart(tmp_path):
     old.finished_at = time.time() - 10 * s.jobs.keep_seconds
     store.save(old)
     assert store.cleanup(s.jobs.keep_seconds) == 1 and store.load(partial.id) is None
+
+
+@pytest.mark.parametrize("group", [None, grp.getgrgid(os.getgid()).gr_name])
+def test_job_files_are_never_readable_by_other_users(tmp_path, group):
+    """Job directories 0700 and files 0600 (with ``jobs.group``: 2750 / 0640 and that group), also for a store
+    an older version left with 0644 files; checked with find(1) as an operator would."""
+    s = replace(settings(tmp_path), jobs=replace(settings(tmp_path).jobs, group=group))
+    s.jobs.directory.mkdir(parents=True)
+    legacy = s.jobs.directory / "legacy.txt"
+    legacy.write_text("x")
+    os.chmod(legacy, 0o644)
+    store = JobStore(s.jobs.directory, s.jobs.permissions)
+    job = store.new("reconstruct", "o", {"model": "recon_unrolled", "format": "npy", "input_format": None})
+    (store.path(job.id) / "input" / "file-0").write_bytes(npy_bytes(kspace()))
+    job.input = {"files": ["file-0"], "parts": [], "content_type": None}
+    job.status = "queued"
+    store.save(job)
+    runner = JobRunner(store, FakeInference(), s)
+    _run_jobs(runner, lambda: store.load(job.id).status == "succeeded")
+    assert store.load(job.id).status == "succeeded"
+    root = s.jobs.directory
+    found = subprocess.run(["find", str(root), "-perm", "/o+rwx"], capture_output=True, text=True, check=True)
+    assert found.stdout == ""
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert len(files) >= 3  # state.json, the result, the legacy file
+    for p in [root, *root.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        if group is None:
+            assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
+        else:
+            assert mode == (0o2750 if p.is_dir() else 0o640) and p.stat().st_gid == grp.getgrnam(group).gr_gid, p
+    with pytest.raises(ConfigError, match="jobs.group"):
+        replace(s.jobs, group="no-such-group-mri")
 
 
 def test_job_ids_are_checked_before_touching_the_disk(tmp_path):
