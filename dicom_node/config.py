@@ -426,7 +426,7 @@ _ROUTE = {"name", "called_ae_title", "task", "model", "version", "source", "targ
           "series_description", "series_number_offset", "allowed_peers"}
 
 
-def _route(i: int, value, destinations: dict[str, Destination]) -> Route:
+def _route(i: int, value, destinations: dict[str, Destination | WebDestination]) -> Route:
     path = f"routes[{i}]"
     v = _mapping(path, value, _ROUTE, {"called_ae_title", "task", "destinations"})
     called = _ae(f"{path}.called_ae_title", v["called_ae_title"])

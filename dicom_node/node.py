@@ -7,8 +7,10 @@ Threads (all in one process, so a restart resumes everything from the queue and 
   ``received`` audit line and purges files of jobs done longer than ``retention.keep_seconds`` ago;
 * ``processing.workers`` threads run the :class:`~dicom_node.processing.Processor` on complete series and
   write the derived instances to ``results/<job>/`` (fsync, rename) before the job enters ``delivering``;
-* ``delivery.workers`` threads send results to each destination, with exponential back-off, and write
-  a ``sent`` audit line per series and destination.
+* ``delivery.workers`` threads send results to each destination (C-STORE or STOW-RS), with exponential
+  back-off, and write a ``sent`` audit line per series and destination;
+* with ``dicomweb.enabled``, uvicorn's thread serves STOW-RS (:mod:`dicom_node.dicomweb`) into the same
+  store path as the SCP.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import TYPE_CHECKING
 import pydicom
 
 from dicom_node.audit import audit, uid_hash
-from dicom_node.delivery import send_files
+from dicom_node.delivery import deliver
+from dicom_node.dicomweb import DicomWebServer
 from dicom_node.processing import Processor, is_retryable, make_processor, new_series_uid
 from dicom_node.queue import Job, JobQueue
 from dicom_node.scp import StorageSCP
@@ -66,6 +69,7 @@ class DicomNode:
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.scp = StorageSCP(config, self.queue, on_stored=self._wake.set)
+        self.dicomweb = DicomWebServer(config, self.scp) if config.dicomweb.enabled else None
         self.address: tuple[str, int] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -80,6 +84,8 @@ class DicomNode:
         for i in range(self.config.delivery.workers):
             self._spawn(f"deliver-{i}", self._delivery_loop)
         self.address = self.scp.start()
+        if self.dicomweb is not None:
+            self.dicomweb.start()
         return self.address
 
     def _spawn(self, name: str, target) -> None:
@@ -90,6 +96,8 @@ class DicomNode:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self.dicomweb is not None:
+            self.dicomweb.stop()
         self.scp.stop()
         for t in self._threads:
             t.join(timeout=30)
@@ -109,6 +117,8 @@ class DicomNode:
         host, port = self.address or (self.config.host, self.config.port)
         lines = [f"DICOM node listening on {host}:{port} ({'TLS' if self.config.tls else 'no TLS'}), "
                  f"storage {self.config.storage_dir}"]
+        if self.dicomweb is not None:
+            lines.append(self.dicomweb.describe())
         for r in self.config.routes:
             what = (f"reconstruction [{r.model}]" if r.task == "reconstruction"
                     else f"synthesis {r.source}->{r.target} [{r.model_name}]")
@@ -231,7 +241,7 @@ class DicomNode:
                 raise KeyError(f"destination {d.destination!r} is no longer configured")
             if len(files) != job.result_count:
                 raise FileNotFoundError(f"results of job {job.id}: {len(files)} files, expected {job.result_count}")
-            n = send_files(dest, files, calling_ae_title=self.config.ae_title, timeout=self.config.network_timeout)
+            n = deliver(dest, files, calling_ae_title=self.config.ae_title, timeout=self.config.network_timeout)
         except Exception as e:  # noqa: BLE001 - every failure of a delivery is recorded and retried
             msg = f"{e.__class__.__name__}: {e}"
             retry = attempt < policy.max_attempts and not isinstance(e, KeyError)
