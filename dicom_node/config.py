@@ -311,8 +311,9 @@ class DicomWebListener:
             tokens_file = tokens_file if tokens_file.is_absolute() else base / tokens_file
         try:
             auth = AuthSettings(enabled=a.get("enabled", True), tokens=tuple(tokens), tokens_file=tokens_file)
-        except ConfigError as e:  # it names 'auth.tokens[i]'; ours adds the section
-            raise ConfigError(f"dicomweb.{str(e).replace('config key ', '')}") from None
+        except ConfigError as e:  # "config key 'auth.tokens[i]' must be ..." -> "dicomweb.auth.tokens[i]: must be ..."
+            m = re.fullmatch(r"config key '([^']+)' (.*)", str(e), re.S)
+            raise ConfigError(f"dicomweb.{m[1]}: {m[2]}" if m else f"dicomweb.auth: {e}") from None
         return cls(enabled=enabled, host=_str("dicomweb.host", v.get("host", cls.host)),
                    port=_port("dicomweb.port", v.get("port", cls.port)),
                    max_body_bytes=_num("dicomweb.max_body_bytes", v.get("max_body_bytes", cls.max_body_bytes),

@@ -95,9 +95,10 @@ def t1_series(tmp_path: Path, name: str = "t1", slices: int = 4, **kwargs) -> tu
 def web_node(tmp_path, node_factory):
     """``make(destinations, routes=..., **config)`` -> (node, STOW-RS base URL, config path)."""
 
-    def make(destinations: dict, routes=(SYNTH_ROUTE,), max_body_bytes: int = 8 * 2**20, **extra):
+    def make(destinations: dict, routes=(SYNTH_ROUTE,), max_body_bytes: int = 8 * 2**20, web_port: int | None = None,
+             **extra):
         need_curl()
-        web_port = free_port()
+        web_port = web_port or free_port()
         cfg = node_config(tmp_path, port=free_port(), destinations=destinations, routes=list(routes),
                           dicomweb={"host": "127.0.0.1", "port": web_port, "max_body_bytes": max_body_bytes}, **extra)
         node = node_factory(cfg, env={"MRI_API_TOKENS": TOKEN})
@@ -156,6 +157,36 @@ def test_stow_in_from_curl_and_stow_out_to_orthanc_dicomweb(tmp_path, orthanc_fa
     check_no_phi(node.log(), audit)
     for uid in uids:  # hashed UIDs only
         assert uid not in node.log()
+
+
+def test_orthanc_stows_a_series_to_the_node_and_gets_the_derived_series_back(tmp_path, orthanc_factory, web_node):
+    """Both directions with Orthanc's DICOMweb plugin as client and server; a 10-slice 256x256 series (> 1 MB:
+    dicomweb-client sends it with chunked transfer encoding)."""
+    web_port = free_port()
+    server = {"Url": f"http://127.0.0.1:{web_port}/aets/SYNTH_T2/rs/", "HttpHeaders": {"Authorization": f"Bearer {TOKEN}"}}
+    orthanc = orthanc_factory(name="web-pacs", extra={
+        "Plugins": [ORTHANC_DICOMWEB], "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": {"node": server}}})
+    web = {"web": {"kind": "dicomweb", "url": f"http://127.0.0.1:{orthanc.http_port}/dicom-web"}}
+    node, _, cfg = web_node(web, web_port=web_port)
+    volume = ellipse_volume(10, 256, 256)
+    sources = mr_series(volume)
+    files = write_series(sources, tmp_path / "t1_big")
+    assert sum(f.stat().st_size for f in files) > 10**6
+    for f in files:
+        orthanc.upload(f)
+    series_id = orthanc.series_by_uid(str(sources[0].SeriesInstanceUID))["ID"]
+
+    answer = orthanc._request("POST", "/dicom-web/servers/node/stow", {"Resources": [series_id], "Synchronous": True},
+                              timeout=120)
+
+    assert answer is None or isinstance(answer, dict)
+    assert set(stored_instances(cfg)) == {str(ds.SOPInstanceUID) for ds in sources}
+    derived = wait_for(lambda: orthanc.derived_series(str(sources[0].SeriesInstanceUID)), 60,
+                       "the derived series back in Orthanc", interval=0.5)
+    got = orthanc.datasets(derived[0])
+    assert len(got) == 10 and {str(d.StudyInstanceUID) for d in got} == {str(sources[0].StudyInstanceUID)}
+    assert wait_for(lambda: [j for j in node.jobs() if j["state"] == "done"], 30, "done")[0]["deliveries"] == \
+        {"web": "done(1)"}
 
 
 # --------------------------------------------------------------------------------------------------------------
