@@ -18,12 +18,14 @@ import ssl
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mrcore.config import ConfigError, read_config_file
 from mrcore.data.base import CONTRASTS
-from serving.api.settings import AuthSettings
 from serving.quality import QualitySettings
+
+if TYPE_CHECKING:
+    from serving.api.settings import AuthSettings
 
 __all__ = ["ConfigError", "Destination", "DicomWebListener", "NodeConfig", "Peer", "RetryPolicy", "Route",
            "TLSConfig", "WebAuth", "WebDestination", "load_config"]
@@ -262,12 +264,23 @@ class WebDestination:
         return cls(name=name, url=url, auth=WebAuth.parse(f"{p}.auth", v.get("auth"), base=base), tls=tls)
 
 
+def _auth_settings(tokens: tuple[str, ...], tokens_file: Path | None) -> AuthSettings:
+    """The REST API's token settings (its validation and its token file format); ConfigError names our keys."""
+    from serving.api.settings import AuthSettings  # deferred: serving.api imports the REST app (~2.5 s)
+
+    try:
+        return AuthSettings(enabled=True, tokens=tokens, tokens_file=tokens_file)
+    except ConfigError as e:  # "config key 'auth.tokens[i]' must be ..." -> "dicomweb.auth.tokens[i]: must be ..."
+        m = re.fullmatch(r"config key '([^']+)' (.*)", str(e), re.S)
+        raise ConfigError(f"dicomweb.{m[1]}: {m[2]}" if m else f"dicomweb.auth: {e}") from None
+
+
 @dataclass(frozen=True)
 class DicomWebListener:
     """The node's STOW-RS listener (``POST /studies``): an HTTP server inside the node process.
 
-    ``auth`` has the REST API's shape and rules (:class:`serving.api.settings.AuthSettings`); the tokens of
-    ``MRI_API_TOKENS`` / ``MRI_API_TOKENS_FILE`` are accepted too, so ``make run``'s one token serves both.
+    Authentication has the REST API's shape and rules (:class:`serving.api.settings.AuthSettings`); the tokens
+    of ``MRI_API_TOKENS`` / ``MRI_API_TOKENS_FILE`` are accepted too, so ``make run``'s one token serves both.
     ``max_body_bytes``: a larger body is answered 413 before it is stored.
     """
 
@@ -275,17 +288,18 @@ class DicomWebListener:
     host: str = "127.0.0.1"
     port: int = 8081
     max_body_bytes: int = 512 * 2**20
-    auth: AuthSettings = AuthSettings(enabled=True)
+    auth_enabled: bool = True
+    tokens: tuple[str, ...] = ()
+    tokens_file: Path | None = None
 
     def token_digests(self) -> frozenset[str]:
         """``sha256:`` digests of the accepted tokens (config, ``MRI_API_TOKENS``, ``MRI_API_TOKENS_FILE``)."""
         env = [t.strip() for t in os.environ.get("MRI_API_TOKENS", "").split(",") if t.strip()]
         env_file = os.environ.get("MRI_API_TOKENS_FILE")
+        auth = _auth_settings(self.tokens + tuple(env), self.tokens_file or (Path(env_file) if env_file else None))
         try:
-            auth = AuthSettings(enabled=True, tokens=self.auth.tokens + tuple(env),
-                                tokens_file=self.auth.tokens_file or (Path(env_file) if env_file else None))
             digests = auth.digests()
-        except ConfigError as e:  # named after the REST API's keys; say which section
+        except ConfigError as e:  # a tokens file that is missing or malformed
             raise ConfigError(f"dicomweb.auth: {e}") from None
         if not digests:
             raise ConfigError("dicomweb.auth: the DICOMweb listener is on with authentication but no token is "
@@ -295,8 +309,10 @@ class DicomWebListener:
 
     @classmethod
     def parse(cls, value, *, base: Path) -> DicomWebListener:
+        if value is None:
+            return cls()
         v = _mapping("dicomweb", value, {"enabled", "host", "port", "max_body_bytes", "auth"})
-        enabled = v.get("enabled", bool(v))
+        enabled = v.get("enabled", True)
         if not isinstance(enabled, bool):
             raise ConfigError(f"dicomweb.enabled: expected true or false, got {enabled!r}")
         a = _mapping("dicomweb.auth", v.get("auth"), {"enabled", "tokens", "tokens_file"})
@@ -309,16 +325,13 @@ class DicomWebListener:
         if a.get("tokens_file"):
             tokens_file = Path(_str("dicomweb.auth.tokens_file", a["tokens_file"]))
             tokens_file = tokens_file if tokens_file.is_absolute() else base / tokens_file
-        try:
-            auth = AuthSettings(enabled=a.get("enabled", True), tokens=tuple(tokens), tokens_file=tokens_file)
-        except ConfigError as e:  # "config key 'auth.tokens[i]' must be ..." -> "dicomweb.auth.tokens[i]: must be ..."
-            m = re.fullmatch(r"config key '([^']+)' (.*)", str(e), re.S)
-            raise ConfigError(f"dicomweb.{m[1]}: {m[2]}" if m else f"dicomweb.auth: {e}") from None
+        if tokens:
+            _auth_settings(tuple(tokens), None)  # the format of each token, named by its key
         return cls(enabled=enabled, host=_str("dicomweb.host", v.get("host", cls.host)),
                    port=_port("dicomweb.port", v.get("port", cls.port)),
                    max_body_bytes=_num("dicomweb.max_body_bytes", v.get("max_body_bytes", cls.max_body_bytes),
                                        minimum=1, integer=True),
-                   auth=auth)
+                   auth_enabled=a.get("enabled", True), tokens=tuple(tokens), tokens_file=tokens_file)
 
 
 @dataclass(frozen=True)

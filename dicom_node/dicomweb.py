@@ -246,7 +246,7 @@ class DicomWebServer:
         self.config = config
         self.settings = config.dicomweb
         self.scp = scp
-        self.digests = self.settings.token_digests() if self.settings.auth.enabled else None
+        self.digests = self.settings.token_digests() if self.settings.auth_enabled else None
         self.app = Starlette(routes=[
             HttpRoute("/studies", self._stow, methods=["POST"]),
             HttpRoute("/studies/{study}", self._stow, methods=["POST"]),
@@ -285,7 +285,7 @@ class DicomWebServer:
 
     def describe(self) -> str:
         host, port = self.address or (self.settings.host, self.settings.port)
-        auth = "bearer token" if self.settings.auth.enabled else "NO authentication"
+        auth = "bearer token" if self.settings.auth_enabled else "NO authentication"
         return f"DICOMweb STOW-RS on http://{host}:{port}/studies ({auth}, bodies up to {self.settings.max_body_bytes} B)"
 
     # --- the endpoint --------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import pydicom
 
 from dicom_node.audit import audit, uid_hash
 from dicom_node.delivery import deliver
-from dicom_node.dicomweb import DicomWebServer
 from dicom_node.processing import Processor, is_retryable, make_processor, new_series_uid
 from dicom_node.queue import Job, JobQueue
 from dicom_node.scp import StorageSCP
@@ -37,6 +36,7 @@ from mrcore.durable import write_durable
 
 if TYPE_CHECKING:
     from dicom_node.config import NodeConfig
+    from dicom_node.dicomweb import DicomWebServer
 
 __all__ = ["DicomNode"]
 
@@ -69,7 +69,11 @@ class DicomNode:
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.scp = StorageSCP(config, self.queue, on_stored=self._wake.set)
-        self.dicomweb = DicomWebServer(config, self.scp) if config.dicomweb.enabled else None
+        self.dicomweb: DicomWebServer | None = None
+        if config.dicomweb.enabled:
+            from dicom_node.dicomweb import DicomWebServer  # deferred: uvicorn, serving.api (~2.5 s): listener on only
+
+            self.dicomweb = DicomWebServer(config, self.scp)
         self.address: tuple[str, int] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------

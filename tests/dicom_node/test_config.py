@@ -111,7 +111,7 @@ def test_dicomweb_listener_without_a_token_is_an_error(monkeypatch):
     monkeypatch.setenv("MRI_API_TOKENS", "the-api-token-0123456789")  # make run's token serves both
     assert len(parse_config(c).dicomweb.token_digests()) == 1
     c["dicomweb"]["auth"] = {"enabled": False}
-    assert not parse_config(c).dicomweb.auth.enabled
+    assert not parse_config(c).dicomweb.auth_enabled
 
 
 @pytest.mark.parametrize("dest, message", [
