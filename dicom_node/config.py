@@ -291,6 +291,7 @@ class DicomWebListener:
     auth_enabled: bool = True
     tokens: tuple[str, ...] = ()
     tokens_file: Path | None = None
+    tls: TLSConfig | None = None  # HTTPS (the listener's certificate; optionally client certificates)
 
     def token_digests(self) -> frozenset[str]:
         """``sha256:`` digests of the accepted tokens (config, ``MRI_API_TOKENS``, ``MRI_API_TOKENS_FILE``)."""
@@ -311,7 +312,7 @@ class DicomWebListener:
     def parse(cls, value, *, base: Path) -> DicomWebListener:
         if value is None:
             return cls()
-        v = _mapping("dicomweb", value, {"enabled", "host", "port", "max_body_bytes", "auth"})
+        v = _mapping("dicomweb", value, {"enabled", "host", "port", "max_body_bytes", "auth", "tls"})
         enabled = v.get("enabled", True)
         if not isinstance(enabled, bool):
             raise ConfigError(f"dicomweb.enabled: expected true or false, got {enabled!r}")
@@ -331,7 +332,8 @@ class DicomWebListener:
                    port=_port("dicomweb.port", v.get("port", cls.port)),
                    max_body_bytes=_num("dicomweb.max_body_bytes", v.get("max_body_bytes", cls.max_body_bytes),
                                        minimum=1, integer=True),
-                   auth_enabled=a.get("enabled", True), tokens=tuple(tokens), tokens_file=tokens_file)
+                   auth_enabled=a.get("enabled", True), tokens=tuple(tokens), tokens_file=tokens_file,
+                   tls=TLSConfig.parse("dicomweb.tls", v.get("tls"), server=True, base=base))
 
 
 @dataclass(frozen=True)

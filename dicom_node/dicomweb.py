@@ -1,4 +1,4 @@
-"""STOW-RS in (DICOM PS3.18 10.5): an HTTP listener inside the node process, storing through the same
+"""STOW-RS in (DICOM PS3.18 10.5): an HTTP(S) listener inside the node process, storing through the same
 durable path as C-STORE (:meth:`dicom_node.scp.StorageSCP.store`: validation, route rules, spool fsync,
 queue commit).
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 import io
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -263,8 +264,12 @@ class DicomWebServer:
         host, port = self.settings.host, self.settings.port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family)
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
-                                timeout_keep_alive=30, server_header=False)
+        tls = self.settings.tls
+        config = uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="off", timeout_keep_alive=30, server_header=False,
+            ssl_certfile=str(tls.certificate) if tls else None, ssl_keyfile=str(tls.private_key) if tls else None,
+            ssl_ca_certs=str(tls.ca_certificates) if tls and tls.ca_certificates else None,
+            ssl_cert_reqs=int(ssl.CERT_REQUIRED if tls and tls.require_client_certificate else ssl.CERT_NONE))
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="dicom-node-dicomweb", daemon=True)
@@ -286,7 +291,9 @@ class DicomWebServer:
     def describe(self) -> str:
         host, port = self.address or (self.settings.host, self.settings.port)
         auth = "bearer token" if self.settings.auth_enabled else "NO authentication"
-        return f"DICOMweb STOW-RS on http://{host}:{port}/studies ({auth}, bodies up to {self.settings.max_body_bytes} B)"
+        scheme = "https" if self.settings.tls else "http"
+        return (f"DICOMweb STOW-RS on {scheme}://{host}:{port}/studies ({auth}, bodies up to "
+                f"{self.settings.max_body_bytes} B)")
 
     # --- the endpoint --------------------------------------------------------------------------------------
     async def _stow(self, request: Request) -> JSONResponse:

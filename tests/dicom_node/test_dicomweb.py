@@ -19,8 +19,9 @@ from serving.dicom import real_world_values
 from tests.conftest import free_port
 from tests.dicom_node.data import ellipse_volume, mr_series, write_series
 from tests.dicom_node.doubles import expected_synthesis
-from tests.dicom_node.peers import ORTHANC_DICOMWEB, node_config, wait_for
+from tests.dicom_node.peers import ORTHANC_DICOMWEB, need, node_config, wait_for
 from tests.dicom_node.test_e2e_orthanc import check_no_phi
+from tests.dicom_node.test_tls import self_signed
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +47,7 @@ def multipart(parts: list[bytes], content_types: list[str] | None = None) -> byt
 
 
 def curl(url: str, body: bytes, tmp_path: Path, *, token: str | None = TOKEN, chunked: bool = False,
+         extra: tuple[str, ...] = (),
          content_type: str = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}') -> tuple[int, dict]:
     """POST ``body`` with the real curl binary (``chunked``: no Content-Length); returns (HTTP status, JSON answer)."""
     body_file, out = tmp_path / "body.bin", tmp_path / "answer.json"
@@ -54,6 +56,7 @@ def curl(url: str, body: bytes, tmp_path: Path, *, token: str | None = TOKEN, ch
            "--data-binary", f"@{body_file}", url]
     if chunked:
         cmd[1:1] = ["-H", "Transfer-Encoding: chunked"]
+    cmd[1:1] = list(extra)
     if token:
         cmd[1:1] = ["-H", f"Authorization: Bearer {token}"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -98,14 +101,16 @@ def web_node(tmp_path, node_factory):
     """``make(destinations, routes=..., **config)`` -> (node, STOW-RS base URL, config path)."""
 
     def make(destinations: dict, routes=(SYNTH_ROUTE,), max_body_bytes: int = 8 * 2**20, web_port: int | None = None,
-             **extra):
+             tls: dict | None = None, **extra):
         need_curl()
         web_port = web_port or free_port()
+        section = {"host": "127.0.0.1", "port": web_port, "max_body_bytes": max_body_bytes, "tls": tls}
         cfg = node_config(tmp_path, port=free_port(), destinations=destinations, routes=list(routes),
-                          dicomweb={"host": "127.0.0.1", "port": web_port, "max_body_bytes": max_body_bytes}, **extra)
+                          dicomweb=section, **extra)
         node = node_factory(cfg, env={"MRI_API_TOKENS": TOKEN})
-        assert f"DICOMweb STOW-RS on http://127.0.0.1:{web_port}/studies (bearer token" in node.log()
-        return node, f"http://127.0.0.1:{web_port}", cfg
+        base = f"{'https' if tls else 'http'}://127.0.0.1:{web_port}"
+        assert f"DICOMweb STOW-RS on {base}/studies (bearer token" in node.log()
+        return node, base, cfg
 
     return make
 
@@ -205,6 +210,28 @@ def test_stow_out_retries_then_fails_while_the_server_is_down(tmp_path, web_node
     assert "connection refused" in job["last_error"] and "STOW-RS" in job["last_error"]
     log = node.log()
     assert log.count("delivery to web attempt") == 2 and "FAILED after 3 attempt(s)" in log
+
+
+def test_stow_over_https_with_client_certificates(tmp_path, web_node):
+    need("openssl")
+    d = tmp_path / "certs"
+    d.mkdir()
+    (node_key, node_crt), (client_key, client_crt) = (self_signed(d, "node"), self_signed(d, "client"))
+    tls = {"certificate": node_crt, "private_key": node_key, "ca_certificates": client_crt,
+           "require_client_certificate": True}
+    web = {"web": {"kind": "dicomweb", "url": f"http://127.0.0.1:{free_port()}/dicom-web"}}
+    node, base, cfg = web_node(web, tls=tls, quiet_seconds=600)
+    sources, files = t1_series(tmp_path)
+    body = multipart([f.read_bytes() for f in files])
+    code, answer = curl(f"{base}/studies", body, tmp_path, extra=("--cacert", node_crt, "--cert", client_crt,
+                                                                   "--key", client_key))
+    assert code == 200 and set(referenced(answer)) == {str(ds.SOPInstanceUID) for ds in sources}
+    plain = subprocess.run(["curl", "-sS", "-o", "/dev/null", "--cacert", node_crt, f"{base}/studies", "-d", "x"],
+                           capture_output=True, text=True, timeout=30)
+    assert plain.returncode != 0  # no client certificate: the handshake fails
+    http = subprocess.run(["curl", "-sS", "-o", "/dev/null", base.replace("https", "http") + "/studies", "-d", "x"],
+                          capture_output=True, text=True, timeout=30)
+    assert http.returncode != 0  # plain HTTP to the TLS port is not served
 
 
 # --------------------------------------------------------------------------------------------------------------
