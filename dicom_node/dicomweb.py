@@ -49,7 +49,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route as HttpRoute
 
@@ -310,6 +310,9 @@ class DicomWebServer:
         except ApiError as e:
             log.warning("STOW-RS from %s: %d %s", host, e.status, e.code)
             return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+        except ClientDisconnect:
+            log.warning("STOW-RS from %s: the client disconnected before the end of the body; nothing stored", host)
+            return JSONResponse({"error": "client disconnected"}, status_code=400)
         study = request.path_params.get("study")
         t0 = time.monotonic()
         result = await run_in_threadpool(store_parts, self.scp, parts, routes=routes, called=aet or "*", host=host,
