@@ -109,10 +109,12 @@ def send_stow(dest: WebDestination, files: Sequence[Path], *, timeout: float = 3
     try:
         answer = client.store_instances(datasets)
     except requests.HTTPError as e:
-        code = e.response.status_code if e.response is not None else "?"
+        response = e.response  # (a Response is falsy for 4xx/5xx: compare with None)
+        code = response.status_code if response is not None else "?"
         detail = ""
         try:
-            failed = pydicom.Dataset.from_json(e.response.json()).get("FailedSOPSequence", []) if e.response else []
+            failed = pydicom.Dataset.from_json(response.json()).get("FailedSOPSequence", []) \
+                if response is not None else []
             detail = f" ({len(failed)} instance(s) failed: {_reasons(failed)})" if failed else ""
         except ValueError:  # not (DICOM) JSON
             pass

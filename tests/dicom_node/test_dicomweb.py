@@ -195,6 +195,33 @@ def test_orthanc_stows_a_series_to_the_node_and_gets_the_derived_series_back(tmp
         {"web": "done(1)"}
 
 
+def test_stow_out_with_a_bearer_token_to_another_node(tmp_path, node_factory, web_node):
+    """Node A delivers its derived T2w series by STOW-RS (bearer token from a file) to node B's listener, whose
+    T2w->T1w route takes it: both ends of the node's DICOMweb, with authentication, between two processes."""
+    b_dir = tmp_path / "b"
+    b_dir.mkdir()
+    b_web = free_port()
+    b_route = {**SYNTH_ROUTE, "called_ae_title": "SYNTH_T1", "source": "T2w", "target": "T1w",
+               "rules": {"Modality": "MR", "SeriesDescription": "*synthetic T2w"}, "destinations": ["nowhere"]}
+    b_cfg = node_config(b_dir, port=free_port(), routes=[b_route], quiet_seconds=600,
+                        destinations={"nowhere": {"ae_title": "NOWHERE", "host": "127.0.0.1", "port": free_port()}},
+                        dicomweb={"host": "127.0.0.1", "port": b_web, "auth": {"tokens": ["node-b-token-0123456789"]}})
+    node_factory(b_cfg, env={"MRI_API_TOKENS": ""})
+    token = tmp_path / "b-token"
+    token.write_text("node-b-token-0123456789\n")
+    web = {"web": {"kind": "dicomweb", "url": f"http://127.0.0.1:{b_web}/aets/SYNTH_T1/rs",
+                   "auth": {"token_file": str(token)}}}
+    node_a, base, _ = web_node(web)
+    sources, files = t1_series(tmp_path)
+    assert curl(f"{base}/studies", multipart([f.read_bytes() for f in files]), tmp_path)[0] == 200
+    job = wait_for(lambda: [j for j in node_a.jobs() if j["state"] in ("done", "failed")], 60, "delivery to node B")[0]
+    assert job["state"] == "done", job
+    at_b = [pydicom.dcmread(p) for p in stored_instances(b_cfg).values()]
+    assert len(at_b) == len(sources)
+    assert {str(d.SeriesInstanceUID) for d in at_b} != {str(sources[0].SeriesInstanceUID)}
+    assert all(d.SyntheticData == "YES" and str(d.StudyInstanceUID) == str(sources[0].StudyInstanceUID) for d in at_b)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # (c): the DICOMweb server is down: retries with back-off, then failed; retry after it is up
 # --------------------------------------------------------------------------------------------------------------
