@@ -1,12 +1,12 @@
 # Two commands on a fresh clone:  `make run`  and  `make test`.
-# Everything they need (the virtual environment, Debian's dcmtk/orthanc/dicom3tools) is installed
+# Everything they need (the virtual environment, Debian's dcmtk/orthanc/orthanc-dicomweb/dicom3tools) is installed
 # idempotently: a second run finds the stamps and skips the installs.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := dcmtk orthanc dicom3tools
+DEB_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools
 export FLWR_TELEMETRY_ENABLED = 0
 export FLWR_DISABLE_UPDATE_CHECK = 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
@@ -43,11 +43,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip check
 	@touch $(STAMP)
 
-# Debian packages the end-to-end tests use as real peers (dcmtk as scanner, Orthanc as PACS, dciodvfy).
+# Debian packages the end-to-end tests use as real peers (dcmtk as scanner, Orthanc as PACS with its DICOMweb
+# plugin, dciodvfy).
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
+	dpkg -s orthanc-dicomweb >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -41,5 +41,6 @@ def configure_logging(level: str = "INFO", audit_file: Path | None = None, fmt: 
     # pynetdicom at INFO/DEBUG dumps DIMSE messages and can dump datasets; pydicom warnings quote values
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL)  # its INFO/ERROR lines quote Study/SOP UIDs
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     warnings.filterwarnings("ignore", module=r"pydicom\..*")

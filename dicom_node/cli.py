@@ -21,6 +21,7 @@ from dicom_node.audit import configure_logging, uid_hash
 from dicom_node.config import ConfigError, load_config
 from dicom_node.node import DicomNode
 from dicom_node.queue import STATES, JobQueue
+from mrcore.config import read_config_file
 from serving.dicom import encode_kspace, read_kspace_file
 from serving.logs import LOG_FORMATS
 
@@ -57,6 +58,9 @@ def serve(
                    "and tests."),
     log_level: str = typer.Option("INFO", help="Logging level."),
     log_format: str = typer.Option("text", help="Log lines as 'text' or 'json' (one object per line)."),
+    dicomweb_port: int | None = typer.Option(
+        None, help="Turn the STOW-RS listener on at this port (0: any free port; host and limits from the "
+                   "file's dicomweb section)."),
 ) -> None:
     """Run the node until SIGTERM / Ctrl-C (listener, assembler, processing and delivery workers)."""
     if log_format not in LOG_FORMATS:
@@ -70,12 +74,23 @@ def serve(
         overrides["storage_dir"] = str(storage_dir)
     if inference_url:
         overrides["inference"] = {"url": inference_url, "protocol": raw.inference_protocol}
+    if dicomweb_port is not None:
+        section = read_config_file(config).get("dicomweb") or {}
+        overrides["dicomweb"] = {**(section if isinstance(section, dict) else {}), "enabled": True,
+                                 "port": dicomweb_port}
     cfg = _load(config, **overrides) if overrides else raw
     cfg.storage.apply_umask()  # nothing this process writes is readable by other users (patient data)
     cfg.storage.prepare(cfg.storage_dir)
     configure_logging(log_level, cfg.audit_log or cfg.storage_dir / "audit.log", log_format, cfg.storage)
-    node = DicomNode(cfg, processor_factory=_import_factory(processor) if processor else None)
-    node.start()
+    try:
+        node = DicomNode(cfg, processor_factory=_import_factory(processor) if processor else None)
+        node.start()
+    except ConfigError as e:  # e.g. the DICOMweb listener is on and no token is configured
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as e:  # a port in use, an address not on this host
+        typer.echo(f"error: cannot listen: {e}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(node.describe())
     sys.stdout.flush()
     node.run_forever()

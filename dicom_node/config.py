@@ -2,7 +2,7 @@
 
 The file is read by the project's one config loader (:func:`mrcore.config.read_config_file`, YAML or TOML)
 and every mistake is its :class:`~mrcore.config.ConfigError`; this module adds the node's own checks (AE
-titles, ports, TLS files, routes and the destinations they name).
+titles, ports, TLS files, routes and the destinations they name, the DICOMweb listener).
 
 Every error names the key path and what was expected, e.g.
 ``routes[1].task: expected 'reconstruction' or 'synthesis', got 'recon'``. See ``configs/dicom_node.yaml``
@@ -12,19 +12,24 @@ for a commented example and ``docs/dicom_node.md`` for the meaning of each key.
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import ssl
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mrcore.config import ConfigError, read_config_file
 from mrcore.data.base import CONTRASTS
 from mrcore.durable import Permissions
 from serving.quality import QualitySettings
 
-__all__ = ["ConfigError", "Destination", "NodeConfig", "Peer", "RetryPolicy", "Route", "TLSConfig", "load_config"]
+if TYPE_CHECKING:
+    from serving.api.settings import AuthSettings
+
+__all__ = ["ConfigError", "Destination", "DicomWebListener", "NodeConfig", "Peer", "RetryPolicy", "Route",
+           "TLSConfig", "WebAuth", "WebDestination", "load_config"]
 
 TASKS = ("reconstruction", "synthesis")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash, 1..16 characters
@@ -177,6 +182,162 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class WebAuth:
+    """Credentials for a DICOMweb destination, read from a file or an environment variable at each attempt
+    (the secret is never part of the configuration object, its repr or a log line).
+
+    ``kind`` is ``bearer`` (``Authorization: Bearer <token>``) or ``basic`` (``username`` + password).
+    """
+
+    kind: str
+    username: str | None = None
+    secret_file: Path | None = None
+    secret_env: str | None = None
+
+    def secret(self) -> str:
+        """The token or password (``ValueError`` if its file or variable is missing or empty)."""
+        if self.secret_file is not None:
+            value = self.secret_file.read_text().strip() if self.secret_file.is_file() else ""
+            where = f"file {self.secret_file}"
+        else:
+            value = os.environ.get(str(self.secret_env), "").strip()
+            where = f"environment variable {self.secret_env}"
+        if not value:
+            raise ValueError(f"the {'token' if self.kind == 'bearer' else 'password'} ({where}) is missing or empty")
+        return value.splitlines()[0].strip()
+
+    @classmethod
+    def parse(cls, path: str, value, *, base: Path) -> WebAuth | None:
+        if value is None:
+            return None
+        keys = {"token_file", "token_env", "username", "password_file", "password_env"}
+        v = _mapping(path, value, keys)
+        token = [k for k in ("token_file", "token_env") if k in v]
+        password = [k for k in ("password_file", "password_env") if k in v]
+        if token and ("username" in v or password):
+            raise ConfigError(f"{path}: either a bearer token (token_file or token_env) or username + password "
+                              "(password_file or password_env), not both")
+        if len(token) > 1 or len(password) > 1:
+            raise ConfigError(f"{path}: give one of {token or password}, not both")
+        if not token and not ("username" in v and password):
+            raise ConfigError(f"{path}: expected token_file or token_env (bearer), or username with password_file or "
+                              f"password_env (basic); got keys {sorted(v)}")
+        key = (token or password)[0]
+        secret_file = secret_env = None
+        if key.endswith("_file"):
+            secret_file = Path(_str(f"{path}.{key}", v[key]))
+            secret_file = secret_file if secret_file.is_absolute() else base / secret_file
+            if not secret_file.is_file():
+                raise ConfigError(f"{path}.{key}: file {secret_file} does not exist")
+        else:
+            secret_env = _str(f"{path}.{key}", v[key])
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", secret_env):
+                raise ConfigError(f"{path}.{key}: expected an environment variable name, got {secret_env!r}")
+        return cls(kind="bearer" if token else "basic",
+                   username=_str(f"{path}.username", v["username"]) if "username" in v else None,
+                   secret_file=secret_file, secret_env=secret_env)
+
+
+@dataclass(frozen=True)
+class WebDestination:
+    """A DICOMweb server the derived series goes to by STOW-RS (``POST {url}/studies``)."""
+
+    name: str
+    url: str
+    auth: WebAuth | None = None
+    tls: TLSConfig | None = None
+    kind: str = "dicomweb"
+
+    def describe(self) -> str:
+        return f"{self.name}(STOW-RS {self.url})"
+
+    @classmethod
+    def parse(cls, name: str, value, *, base: Path) -> WebDestination:
+        p = f"destinations.{name}"
+        v = _mapping(p, value, {"kind", "url", "auth", "tls"}, {"kind", "url"})
+        url = _str(f"{p}.url", v["url"]).rstrip("/")
+        if not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", url):
+            raise ConfigError(f"{p}.url: expected the DICOMweb service root, http(s)://host[:port][/path] "
+                              f"(STOW-RS posts to <url>/studies), got {v['url']!r}")
+        tls = TLSConfig.parse(f"{p}.tls", v.get("tls"), server=False, base=base)
+        if tls is not None and not url.startswith("https://"):
+            raise ConfigError(f"{p}.tls: TLS settings need an https:// url, got {url!r}")
+        return cls(name=name, url=url, auth=WebAuth.parse(f"{p}.auth", v.get("auth"), base=base), tls=tls)
+
+
+def _auth_settings(tokens: tuple[str, ...], tokens_file: Path | None) -> AuthSettings:
+    """The REST API's token settings (its validation and its token file format); ConfigError names our keys."""
+    from serving.api.settings import AuthSettings  # deferred: serving.api imports the REST app (~2.5 s)
+
+    try:
+        return AuthSettings(enabled=True, tokens=tokens, tokens_file=tokens_file)
+    except ConfigError as e:  # "config key 'auth.tokens[i]' must be ..." -> "dicomweb.auth.tokens[i]: must be ..."
+        m = re.fullmatch(r"config key '([^']+)' (.*)", str(e), re.S)
+        raise ConfigError(f"dicomweb.{m[1]}: {m[2]}" if m else f"dicomweb.auth: {e}") from None
+
+
+@dataclass(frozen=True)
+class DicomWebListener:
+    """The node's STOW-RS listener (``POST /studies``): an HTTP server inside the node process.
+
+    Authentication has the REST API's shape and rules (:class:`serving.api.settings.AuthSettings`); the tokens
+    of ``MRI_API_TOKENS`` / ``MRI_API_TOKENS_FILE`` are accepted too, so ``make run``'s one token serves both.
+    ``max_body_bytes``: a larger body is answered 413 before it is stored.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8081
+    max_body_bytes: int = 512 * 2**20
+    auth_enabled: bool = True
+    tokens: tuple[str, ...] = ()
+    tokens_file: Path | None = None
+    tls: TLSConfig | None = None  # HTTPS (the listener's certificate; optionally client certificates)
+
+    def token_digests(self) -> frozenset[str]:
+        """``sha256:`` digests of the accepted tokens (config, ``MRI_API_TOKENS``, ``MRI_API_TOKENS_FILE``)."""
+        env = [t.strip() for t in os.environ.get("MRI_API_TOKENS", "").split(",") if t.strip()]
+        env_file = os.environ.get("MRI_API_TOKENS_FILE")
+        auth = _auth_settings(self.tokens + tuple(env), self.tokens_file or (Path(env_file) if env_file else None))
+        try:
+            digests = auth.digests()
+        except ConfigError as e:  # a tokens file that is missing or malformed
+            raise ConfigError(f"dicomweb.auth: {e}") from None
+        if not digests:
+            raise ConfigError("dicomweb.auth: the DICOMweb listener is on with authentication but no token is "
+                              "configured: set MRI_API_TOKENS or MRI_API_TOKENS_FILE (as for the REST API), "
+                              "dicomweb.auth.tokens / tokens_file, or dicomweb.auth.enabled: false")
+        return digests
+
+    @classmethod
+    def parse(cls, value, *, base: Path) -> DicomWebListener:
+        if value is None:
+            return cls()
+        v = _mapping("dicomweb", value, {"enabled", "host", "port", "max_body_bytes", "auth", "tls"})
+        enabled = v.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"dicomweb.enabled: expected true or false, got {enabled!r}")
+        a = _mapping("dicomweb.auth", v.get("auth"), {"enabled", "tokens", "tokens_file"})
+        if not isinstance(a.get("enabled", True), bool):
+            raise ConfigError(f"dicomweb.auth.enabled: expected true or false, got {a['enabled']!r}")
+        tokens = a.get("tokens") or []
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ConfigError("dicomweb.auth.tokens: expected a list of tokens or sha256:<hex> digests")
+        tokens_file = None
+        if a.get("tokens_file"):
+            tokens_file = Path(_str("dicomweb.auth.tokens_file", a["tokens_file"]))
+            tokens_file = tokens_file if tokens_file.is_absolute() else base / tokens_file
+        if tokens:
+            _auth_settings(tuple(tokens), None)  # the format of each token, named by its key
+        return cls(enabled=enabled, host=_str("dicomweb.host", v.get("host", cls.host)),
+                   port=_port("dicomweb.port", v.get("port", cls.port)),
+                   max_body_bytes=_num("dicomweb.max_body_bytes", v.get("max_body_bytes", cls.max_body_bytes),
+                                       minimum=1, integer=True),
+                   auth_enabled=a.get("enabled", True), tokens=tuple(tokens), tokens_file=tokens_file,
+                   tls=TLSConfig.parse("dicomweb.tls", v.get("tls"), server=True, base=base))
+
+
+@dataclass(frozen=True)
 class Route:
     """What the node does with series sent to one called AE title.
 
@@ -246,7 +407,7 @@ class NodeConfig:
     port: int
     storage_dir: Path
     routes: tuple[Route, ...]
-    destinations: dict[str, Destination]
+    destinations: dict[str, Destination | WebDestination]
     quiet_seconds: float = 5.0
     #: a series whose instances say how much it holds but that is still short is complete after this long quiet
     incomplete_timeout: float = 600.0
@@ -263,6 +424,7 @@ class NodeConfig:
     audit_log: Path | None = None
     max_pdu: int = 0
     quality: QualitySettings = QualitySettings()  # the reconstruction self-check (serving.quality)
+    dicomweb: DicomWebListener = DicomWebListener()  # STOW-RS in (dicom_node.dicomweb); off by default
 
     def routes_for(self, called_ae_title: str) -> tuple[Route, ...]:
         return tuple(r for r in self.routes if r.called_ae_title == called_ae_title.strip())
@@ -280,12 +442,12 @@ class NodeConfig:
 
 _TOP = {"ae_title", "listen", "storage_dir", "storage_group", "quiet_seconds", "incomplete_timeout_seconds", "allowed_peers", "tls", "inference", "processing",
         "delivery", "network_timeout_seconds", "retention", "audit_log", "destinations", "routes", "max_pdu",
-        "quality"}
+        "quality", "dicomweb"}
 _ROUTE = {"name", "called_ae_title", "task", "model", "version", "source", "target", "rules", "destinations",
           "series_description", "series_number_offset", "allowed_peers"}
 
 
-def _route(i: int, value, destinations: dict[str, Destination]) -> Route:
+def _route(i: int, value, destinations: dict[str, Destination | WebDestination]) -> Route:
     path = f"routes[{i}]"
     v = _mapping(path, value, _ROUTE, {"called_ae_title", "task", "destinations"})
     called = _ae(f"{path}.called_ae_title", v["called_ae_title"])
@@ -348,10 +510,19 @@ def parse_config(data: dict[str, Any], *, base: Path = Path(".")) -> NodeConfig:
     """Validate a parsed configuration mapping (relative paths are relative to ``base``)."""
     v = _mapping("config", data, _TOP, {"routes", "destinations", "storage_dir"})
     listen = _mapping("listen", v.get("listen"), {"host", "port"})
-    dests = {}
+    dests: dict[str, Destination | WebDestination] = {}
     for name, d in _mapping("destinations", v["destinations"], set(v["destinations"] or {})).items():
         p = f"destinations.{name}"
-        dv = _mapping(p, d, {"ae_title", "host", "port", "calling_ae_title", "tls"}, {"ae_title", "host", "port"})
+        kind = d.get("kind", "dicom") if isinstance(d, dict) else "dicom"
+        if kind == "dicomweb":
+            dests[name] = WebDestination.parse(name, d, base=base)
+            continue
+        if kind != "dicom":
+            raise ConfigError(f"{p}.kind: expected 'dicom' (C-STORE, the default) or 'dicomweb' (STOW-RS), "
+                              f"got {kind!r}")
+        dv = _mapping(p, {k: x for k, x in d.items() if k != "kind"}, {"ae_title", "host", "port",
+                                                                       "calling_ae_title", "tls"},
+                      {"ae_title", "host", "port"})
         dests[name] = Destination(
             name=name, ae_title=_ae(f"{p}.ae_title", dv["ae_title"]), host=_str(f"{p}.host", dv["host"]),
             port=_port(f"{p}.port", dv["port"]),
@@ -402,6 +573,7 @@ def parse_config(data: dict[str, Any], *, base: Path = Path(".")) -> NodeConfig:
         audit_log=(Path(audit) if Path(audit).is_absolute() else base / audit) if audit else None,
         max_pdu=_num("max_pdu", v.get("max_pdu", 0), integer=True),
         quality=QualitySettings.parse(v.get("quality")),
+        dicomweb=DicomWebListener.parse(v.get("dicomweb"), base=base),
     )
 
 

@@ -11,8 +11,10 @@ Threads (all in one process, so a restart resumes everything from the queue and 
   derived series that supersedes an earlier one of the same source (``v2``...) or comes from an incomplete one
   (:func:`serving.dicom.mark_series_version`) and write the derived instances to ``results/<job>/`` (fsync,
   rename, mode 0600) before the job enters ``delivering``;
-* ``delivery.workers`` threads send results to each destination, with exponential back-off, and write
-  a ``sent`` audit line per series and destination.
+* ``delivery.workers`` threads send results to each destination (C-STORE or STOW-RS), with exponential
+  back-off, and write a ``sent`` audit line per series and destination;
+* with ``dicomweb.enabled``, uvicorn's thread serves STOW-RS (:mod:`dicom_node.dicomweb`) into the same
+  store path as the SCP.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING
 import pydicom
 
 from dicom_node.audit import audit, uid_hash
-from dicom_node.delivery import DeliveryError, send_files
+from dicom_node.delivery import DeliveryError, deliver
 from dicom_node.processing import Processor, is_retryable, make_processor, new_series_uid
 from dicom_node.queue import Job, JobQueue
 from dicom_node.scp import StorageSCP
@@ -39,6 +41,7 @@ from serving.dicom import mark_series_version
 
 if TYPE_CHECKING:
     from dicom_node.config import NodeConfig
+    from dicom_node.dicomweb import DicomWebServer
 
 __all__ = ["DicomNode"]
 
@@ -83,6 +86,11 @@ class DicomNode:
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.scp = StorageSCP(config, self.queue, on_stored=self._wake.set)
+        self.dicomweb: DicomWebServer | None = None
+        if config.dicomweb.enabled:
+            from dicom_node.dicomweb import DicomWebServer  # deferred: uvicorn, serving.api (~2.5 s): listener on only
+
+            self.dicomweb = DicomWebServer(config, self.scp)
         self.address: tuple[str, int] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -97,6 +105,8 @@ class DicomNode:
         for i in range(self.config.delivery.workers):
             self._spawn(f"deliver-{i}", self._delivery_loop)
         self.address = self.scp.start()
+        if self.dicomweb is not None:
+            self.dicomweb.start()
         return self.address
 
     def _spawn(self, name: str, target) -> None:
@@ -107,6 +117,8 @@ class DicomNode:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self.dicomweb is not None:
+            self.dicomweb.stop()
         self.scp.stop()
         for t in self._threads:
             t.join(timeout=30)
@@ -126,6 +138,8 @@ class DicomNode:
         host, port = self.address or (self.config.host, self.config.port)
         lines = [f"DICOM node listening on {host}:{port} ({'TLS' if self.config.tls else 'no TLS'}), "
                  f"storage {self.config.storage_dir}"]
+        if self.dicomweb is not None:
+            lines.append(self.dicomweb.describe())
         for r in self.config.routes:
             what = (f"reconstruction [{r.model}]" if r.task == "reconstruction"
                     else f"synthesis {r.source}->{r.target} [{r.model_name}]")
@@ -265,7 +279,7 @@ class DicomNode:
                 raise KeyError(f"destination {d.destination!r} is no longer configured")
             if len(files) != job.result_count:
                 raise FileNotFoundError(f"results of job {job.id}: {len(files)} files, expected {job.result_count}")
-            n = send_files(dest, files, calling_ae_title=self.config.ae_title, timeout=self.config.network_timeout)
+            n = deliver(dest, files, calling_ae_title=self.config.ae_title, timeout=self.config.network_timeout)
         except Exception as e:  # noqa: BLE001 - every failure of a delivery is recorded and retried
             msg = str(e) if isinstance(e, DeliveryError) else f"{e.__class__.__name__}: {e}"
             retry = attempt < policy.max_attempts and not isinstance(e, KeyError)

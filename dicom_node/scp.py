@@ -19,7 +19,11 @@ fsync directory) and commit it to the queue; only then answer ``0x0000``. Failur
        or no route's rules accept the instance
 0xC000 cannot understand: the data set cannot be parsed, pixel data cannot be decoded
 0x0122 SOP class not supported (an SOP class with no route; normally refused in negotiation)
+0xC122 transfer syntax not supported (only reachable by STOW-RS; C-STORE negotiates the syntaxes)
 ====== =====================================================================================
+
+STOW-RS (:mod:`dicom_node.dicomweb`) stores through the same :meth:`StorageSCP.store`, with these codes as
+the PS3.18 FailureReason of each instance.
 
 Every failure is logged with the route, the hashed SOP Instance UID and the reason; the association and
 the node go on serving.
@@ -87,6 +91,7 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
+STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 
 def image_transfer_syntaxes() -> list[str | UID]:
@@ -224,15 +229,33 @@ class StorageSCP:
         return self.store(ds, called=called, calling=calling, host=host,
                           encoded=lambda: event.encoded_dataset(include_meta=True))
 
-    def store(self, ds: Dataset, *, called: str, calling: str, host: str, encoded) -> Dataset | int:
-        """Validate, route and durably store one instance; returns the DIMSE status."""
+    def transfer_syntaxes(self, sop_class: str) -> list[str]:
+        """Transfer syntax UIDs the node accepts for ``sop_class`` (empty: the SOP class is not stored)."""
+        cx = self._contexts.get(UID(sop_class))
+        return [str(t) for t in cx.transfer_syntax] if cx is not None else []
+
+    def store(self, ds: Dataset, *, called: str, calling: str, host: str, encoded,
+              routes: Sequence[Route] | None = None, protocol: str = "C-STORE") -> Dataset | int:
+        """Validate, route and durably store one instance; returns the DIMSE status (``0x0000`` once the file
+        is fsynced in the spool and its row committed).
+
+        ``encoded()`` returns the instance as a DICOM file (bytes). ``routes``: the candidate routes instead of
+        those of ``called`` that accept ``calling`` at ``host`` (STOW-RS, where a bearer token authenticates
+        the caller, passes them). ``protocol`` names the way in for the log lines.
+        """
         sop_class = str(ds.get("SOPClassUID", ""))
         sop_uid = str(ds.get("SOPInstanceUID", ""))
-        where = f"C-STORE {calling}@{host} -> {called} instance {uid_hash(sop_uid)}"
-        routes = [r for r in self.routes_for(called, calling, host) if sop_class in SOP_CLASSES[r.task]]
+        where = f"{protocol} {calling}@{host} -> {called} instance {uid_hash(sop_uid)}"
+        candidates = self.routes_for(called, calling, host) if routes is None else routes
+        routes = [r for r in candidates if sop_class in SOP_CLASSES[r.task]]
         if not routes:
             log.warning("%s: SOP class %s is accepted by no route: 0x0122", where, sop_class)
             return _status(STATUS_SOP_CLASS_NOT_SUPPORTED, f"SOP class {sop_class} not accepted")
+        syntax = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
+        if syntax not in self.transfer_syntaxes(sop_class):
+            log.warning("%s: transfer syntax %s is not accepted for SOP class %s: 0xC122", where, syntax or "-",
+                        sop_class)
+            return _status(STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {syntax or '-'} not supported")
         try:
             if sop_class == RAW_DATA_STORAGE:
                 check_kspace_instance(ds)

@@ -18,9 +18,9 @@ def orthanc_factory(tmp_path):
     """Start Orthanc instances (stopped at teardown): ``orthanc_factory(modalities={...})``."""
     started: list[Orthanc] = []
 
-    def make(modalities=None, name="pacs") -> Orthanc:
+    def make(modalities=None, name="pacs", **kwargs) -> Orthanc:
         need(ORTHANC)
-        o = Orthanc(tmp_path / name, modalities)
+        o = Orthanc(tmp_path / name, modalities, **kwargs)
         started.append(o)
         return o.start()
 

@@ -3,6 +3,7 @@ as a subprocess. Every process started here is stopped by its owner (fixtures us
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -21,6 +22,8 @@ import yaml
 from tests.conftest import ROOT, free_port
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+#: Debian's orthanc-dicomweb (make system-deps): STOW-RS/QIDO-RS/WADO-RS under /dicom-web/
+ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 def need(*tools: str) -> None:
@@ -50,11 +53,13 @@ class Orthanc:
     """An Orthanc server with its own config and storage in ``directory``."""
 
     def __init__(self, directory: Path, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 aet: str = "ORTHANC") -> None:
+                 aet: str = "ORTHANC", extra: dict | None = None, user: tuple[str, str] | None = None) -> None:
+        """``extra``: more configuration keys (plugins...); ``user``: (name, password) with HTTP authentication on."""
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.http_port, self.dicom_port, self.aet = free_port(), free_port(), aet
         self.modalities = dict(modalities or {})
+        self.extra, self.user = dict(extra or {}), user
         self.proc: subprocess.Popen | None = None
 
     def write_config(self) -> Path:
@@ -63,6 +68,9 @@ class Orthanc:
                "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
                "DicomModalities": {k: list(v) for k, v in self.modalities.items()}, "Plugins": [],
                "StableAge": 1, "DicomScuTimeout": 30, "HttpTimeout": 60}
+        if self.user:
+            cfg.update(AuthenticationEnabled=True, RegisteredUsers={self.user[0]: self.user[1]})
+        cfg.update(self.extra)
         path = self.dir / "orthanc.json"
         path.write_text(json.dumps(cfg, indent=1))
         return path
@@ -101,6 +109,8 @@ class Orthanc:
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers["Content-Type"] = "application/dicom" if isinstance(body, bytes) else "application/json"
+        if self.user:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.user).encode()).decode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method,
                                      headers=headers)
         with urllib.request.urlopen(req, timeout=timeout) as r:

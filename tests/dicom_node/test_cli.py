@@ -79,3 +79,12 @@ def test_config_errors_exit_2_with_the_key(tmp_path):
     p.write_text("storage_dir: x\ndestinations: {}\nroutes: []\n")
     r = run("jobs", "--config", p)
     assert r.returncode == 2 and "error: destinations: define at least one destination" in r.stderr
+
+
+def test_serve_refuses_a_dicomweb_listener_without_a_token(config):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MRI_API_TOKENS")}
+    r = subprocess.run([sys.executable, "-m", "dicom_node", "serve", "--config", str(config), "--port", "0",
+                        "--dicomweb-port", "0"], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+    assert r.returncode == 2 and "error: dicomweb.auth: the DICOMweb listener is on" in r.stderr

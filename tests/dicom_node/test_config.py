@@ -78,3 +78,76 @@ def test_rules_match_case_insensitively_with_globs():
     assert route.mismatch({"SeriesDescription": "MPRAGE sag", "Modality": "MR"}) is None
     assert "SeriesDescription" in route.mismatch({"SeriesDescription": "T2 tse", "Modality": "MR"})
     assert "Modality" in route.mismatch({"SeriesDescription": "t1", "Modality": None})
+
+
+def test_dicomweb_destination_and_listener_parse(tmp_path, monkeypatch):
+    secret = tmp_path / "pw"
+    secret.write_text("pa55word\n")
+    c = base()
+    c["destinations"]["web"] = {"kind": "dicomweb", "url": "http://127.0.0.1:8042/dicom-web/",
+                                "auth": {"username": "node", "password_file": str(secret)}}
+    c["destinations"]["tok"] = {"kind": "dicomweb", "url": "https://pacs.example:443/rs",
+                                "auth": {"token_env": "PACS_TOKEN"}}
+    c["dicomweb"] = {"port": 0, "max_body_bytes": 1000, "auth": {"tokens": ["a-token-of-16-chars-or-more"]}}
+    cfg = parse_config(c)
+    web, tok = cfg.destinations["web"], cfg.destinations["tok"]
+    assert web.url == "http://127.0.0.1:8042/dicom-web" and web.describe() == "web(STOW-RS http://127.0.0.1:8042/dicom-web)"
+    assert web.auth.kind == "basic" and web.auth.secret() == "pa55word" and "pa55word" not in repr(cfg)
+    monkeypatch.setenv("PACS_TOKEN", "t0k3n")
+    assert tok.auth.kind == "bearer" and tok.auth.secret() == "t0k3n"
+    monkeypatch.delenv("PACS_TOKEN")
+    with pytest.raises(ValueError, match="environment variable PACS_TOKEN"):
+        tok.auth.secret()
+    assert cfg.dicomweb.enabled and cfg.dicomweb.port == 0 and cfg.dicomweb.max_body_bytes == 1000
+    assert len(cfg.dicomweb.token_digests()) == 1
+    assert not load_config(EXAMPLE).dicomweb.enabled  # off unless the site turns it on
+
+
+def test_dicomweb_listener_without_a_token_is_an_error(monkeypatch):
+    monkeypatch.delenv("MRI_API_TOKENS", raising=False)
+    monkeypatch.delenv("MRI_API_TOKENS_FILE", raising=False)
+    c = base()
+    c["dicomweb"] = {"enabled": True}
+    with pytest.raises(ConfigError, match="dicomweb.auth: the DICOMweb listener is on .* no token is configured"):
+        parse_config(c).dicomweb.token_digests()
+    monkeypatch.setenv("MRI_API_TOKENS", "the-api-token-0123456789")  # make run's token serves both
+    assert len(parse_config(c).dicomweb.token_digests()) == 1
+    c["dicomweb"]["auth"] = {"enabled": False}
+    assert not parse_config(c).dicomweb.auth_enabled
+
+
+@pytest.mark.parametrize("dest, message", [
+    ({"kind": "dicomweb"}, r"destinations.web: missing required key\(s\) \['url'\]"),
+    ({"kind": "dicomweb", "url": "ftp://x/rs"}, r"destinations.web.url: expected the DICOMweb service root"),
+    ({"kind": "dicomweb", "url": "http://x", "ae_title": "X"}, r"destinations.web: unknown key\(s\) \['ae_title'\]"),
+    ({"kind": "stow", "url": "http://x"}, r"destinations.web.kind: expected 'dicom' .* or 'dicomweb'"),
+    ({"kind": "dicomweb", "url": "http://x", "auth": {"token_env": "T", "username": "u", "password_env": "P"}},
+     r"destinations.web.auth: either a bearer token .* not both"),
+    ({"kind": "dicomweb", "url": "http://x", "auth": {"username": "u"}},
+     r"destinations.web.auth: expected token_file or token_env"),
+    ({"kind": "dicomweb", "url": "http://x", "auth": {"token_file": "/no/such/file"}},
+     r"destinations.web.auth.token_file: file /no/such/file does not exist"),
+    ({"kind": "dicomweb", "url": "http://x", "auth": {"token_env": "not a name"}},
+     r"destinations.web.auth.token_env: expected an environment variable name"),
+    ({"kind": "dicomweb", "url": "http://x", "tls": {"verify_server": False}},
+     r"destinations.web.tls: TLS settings need an https:// url"),
+])
+def test_dicomweb_destination_errors_name_the_key(dest, message):
+    c = base()
+    c["destinations"]["web"] = dest
+    with pytest.raises(ConfigError, match=message):
+        parse_config(c)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"port": 70000}, r"dicomweb.port: expected a TCP port"),
+    ({"max_body_bytes": 0}, r"dicomweb.max_body_bytes: expected an integer >= 1"),
+    ({"enabled": "yes"}, r"dicomweb.enabled: expected true or false"),
+    ({"path": "/x"}, r"dicomweb: unknown key\(s\) \['path'\]"),
+    ({"auth": {"tokens": ["short"]}}, r"dicomweb.auth.tokens\[0\]: must be a token of at least 16 characters"),
+])
+def test_dicomweb_listener_errors_name_the_key(section, message):
+    c = base()
+    c["dicomweb"] = section
+    with pytest.raises(ConfigError, match=message):
+        parse_config(c)
