@@ -3,6 +3,7 @@ as a subprocess. Every process started here is stopped by its owner (fixtures us
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -18,9 +19,10 @@ from pathlib import Path
 import pydicom
 import yaml
 
+from serving.orthanc import ORTHANC_BINARY, Modality, OrthancSettings, write_config
 from tests.conftest import ROOT, free_port
 
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+ORTHANC = ORTHANC_BINARY
 
 
 def need(*tools: str) -> None:
@@ -47,25 +49,31 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 # Orthanc
 # --------------------------------------------------------------------------------------------------
 class Orthanc:
-    """An Orthanc server with its own config and storage in ``directory``."""
+    """An Orthanc server with its own config and storage in ``directory``; the config is the project's one
+    definition (:func:`serving.orthanc.orthanc_config`), here without HTTP authentication and accepting
+    C-STORE from any AE title (a throw-away test PACS).
+
+    ``http_port``/``dicom_port``/``auth`` attach the REST helpers to an Orthanc started elsewhere (the one
+    ``make run`` embeds, with its user and password) without calling :meth:`start`."""
 
     def __init__(self, directory: Path, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 aet: str = "ORTHANC") -> None:
+                 aet: str = "ORTHANC", *, http_port: int | None = None, dicom_port: int | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.http_port, self.dicom_port, self.aet = free_port(), free_port(), aet
+        self.http_port, self.dicom_port, self.aet = http_port or free_port(), dicom_port or free_port(), aet
         self.modalities = dict(modalities or {})
+        self.auth = auth
         self.proc: subprocess.Popen | None = None
 
+    def settings(self) -> OrthancSettings:
+        return OrthancSettings(directory=self.dir, http_port=self.http_port, dicom_port=self.dicom_port,
+                               ae_title=self.aet, name="test-pacs", restrict_dicom=False,
+                               users=dict([self.auth]) if self.auth else None,
+                               modalities={k: Modality(*v) for k, v in self.modalities.items()})
+
     def write_config(self) -> Path:
-        cfg = {"Name": "test-pacs", "StorageDirectory": str(self.dir / "db"), "IndexDirectory": str(self.dir / "db"),
-               "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": self.aet,
-               "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
-               "DicomModalities": {k: list(v) for k, v in self.modalities.items()}, "Plugins": [],
-               "StableAge": 1, "DicomScuTimeout": 30, "HttpTimeout": 60}
-        path = self.dir / "orthanc.json"
-        path.write_text(json.dumps(cfg, indent=1))
-        return path
+        return write_config(self.settings())
 
     def start(self) -> Orthanc:
         cfg = self.write_config()
@@ -101,6 +109,8 @@ class Orthanc:
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers["Content-Type"] = "application/dicom" if isinstance(body, bytes) else "application/json"
+        if self.auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method,
                                      headers=headers)
         with urllib.request.urlopen(req, timeout=timeout) as r:
