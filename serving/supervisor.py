@@ -131,7 +131,7 @@ class Supervisor:
                 return
             kill_leftovers(proc)
             failures = 1 if time.monotonic() - up_since >= self.stable_s else failures + 1
-            log.error("%s (pid %d) exited with %s; restarting in %.0f s", svc.name, proc.pid,
+            log.error("%s (pid %d) exited with %s; restarting in %.1f s", svc.name, proc.pid,
                       describe_exit(proc.returncode), self.delay(failures))
             restarted = self._restart(svc, failures)
             if restarted is None:
@@ -146,7 +146,7 @@ class Supervisor:
                 proc = svc.start()
             except Exception as exc:  # noqa: BLE001 - any failure to start is logged and retried with back-off
                 failures += 1
-                log.error("%s did not start again: %s; next try in %.0f s", svc.name, exc, self.delay(failures))
+                log.error("%s did not start again: %s; next try in %.1f s", svc.name, exc, self.delay(failures))
                 continue
             if self._stopping.is_set():
                 svc.stop()
