@@ -1,6 +1,6 @@
 """`make run`'s command as a subprocess on free ports with the shipped model_repository: Orthanc (the embedded
-PACS, authenticated), Triton, the REST API and the DICOM node start together and answer; a SIGKILLed API or
-node is restarted within 10 s while the others keep answering; a series uploaded to the embedded Orthanc and
+PACS, authenticated), Triton, the REST API and the DICOM node start together and answer; a SIGKILLed API,
+node, Triton or Orthanc is restarted within 10 s while the others keep answering; a series uploaded to the embedded Orthanc and
 sent from it to the node comes back as a derived series in the same study, which the web viewer shows in
 headless Chromium; SIGTERM stops everything."""
 
@@ -132,24 +132,45 @@ def test_every_component_answers_and_secrets_stay_private(stack):
     assert echoscu(p["orthanc_dicom"], aet="MRI_NODE", aec="ORTHANC").returncode == 0, "the node may associate"
 
 
-@pytest.mark.parametrize("victim,pattern", [("REST API", "serving.api serve .*--port {api}"),
-                                            ("DICOM node", "dicom_node serve .*--port {dicom}")])
-def test_a_killed_service_is_restarted_while_the_others_keep_serving(stack, victim, pattern):
-    pid = stack.pid_of(pattern.format(**stack.ports))
+VICTIMS = {"REST API": "serving.api serve .*--port {api}", "DICOM node": "dicom_node serve .*--port {dicom}",
+           "Triton": "tritonserver .*--http-port={http}", "Orthanc": "Orthanc {orthanc_dir}"}
+
+
+def answering(stack) -> dict:
+    """Per service, a check that it answers now: REST liveness, the node's C-ECHO, Triton's readiness (models
+    loaded), Orthanc's ``/system`` with the password."""
+    return {"REST API": lambda: http_ok(f"http://127.0.0.1:{stack.ports['api']}/health/live"),
+            "DICOM node": stack.node_echo,
+            "Triton": lambda: http_ok(f"http://127.0.0.1:{stack.ports['http']}/v2/health/ready"),
+            "Orthanc": lambda: orthanc_alive(stack)}
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.parametrize("victim", list(VICTIMS))
+def test_a_killed_service_is_restarted_while_the_others_keep_serving(stack, victim):
+    pattern = VICTIMS[victim].format(**stack.ports, orthanc_dir=stack.orthanc_dir)
+    pid = stack.pid_of(pattern)
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    others = {"REST API": stack.api_ready, "DICOM node": stack.node_echo}
-    for name, check in others.items():
+    checks = answering(stack)
+    for name, check in checks.items():
         if name != victim:
-            assert check(), f"{name} stopped answering after a SIGKILL of the {victim}"
-    assert orthanc_alive(stack), f"Orthanc stopped answering after a SIGKILL of the {victim}"
-    wait_for(others[victim], 10, f"the {victim} to answer again", interval=0.2)
+            assert check(), f"{name} stopped answering after a SIGKILL of {victim}"
+    wait_for(checks[victim], 10, f"{victim} to answer again", interval=0.2)
     back_in = time.monotonic() - killed_at
     assert back_in <= 10
-    assert stack.pid_of(pattern.format(**stack.ports)) != pid
+    assert stack.pid_of(pattern) != pid
     assert re.search(rf"{victim} \(pid {pid}\) exited with code -9 \(SIGKILL\); restarting in", stack.output())
-    assert f"{victim} restarted" in stack.output()
+    wait_for(lambda: f"{victim} restarted" in stack.output(), 5, f"the stack to log that {victim} restarted")
     assert stack.proc.poll() is None, "the stack keeps running"
+    if victim == "REST API":
+        wait_for(stack.api_ready, 10, "the REST API to be ready (Triton reachable)")
     print(f"{victim} answered again {back_in:.1f} s after SIGKILL")
 
 
