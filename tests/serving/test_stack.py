@@ -25,7 +25,7 @@ from tests.dicom_node.peers import Orthanc, echoscu, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-#: Where the viewer's screenshot is kept (CI uploads tests/artefacts/ when it exists); also in tmp_path.
+#: Where the browser screenshots are kept after the run for a person to look at (git-ignored); also in tmp_path.
 ARTEFACTS = ROOT / "tests" / "artefacts"
 
 
