@@ -225,19 +225,19 @@ def _run(supervisor: Supervisor, banner) -> None:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     try:
-        supervisor.start()
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
-    except (TritonStartError, OrthancStartError, ValueError, OSError) as exc:
-        typer.echo(f"error: the stack did not start: {exc}", err=True)
-        raise typer.Exit(1) from None
-    starting[0] = False
-    try:
+        try:
+            supervisor.start()
+        except (TritonStartError, OrthancStartError, ValueError, OSError) as exc:
+            typer.echo(f"error: the stack did not start: {exc}", err=True)
+            raise typer.Exit(1) from None
+        starting[0] = False
         typer.echo(banner())
         sys.stdout.flush()
         while not stop.wait(0.5):
             pass
         log.info("stopping the stack")
+    except KeyboardInterrupt:  # a signal during the start
+        log.info("stopping the stack (interrupted while starting)")
     finally:
         supervisor.stop()
 

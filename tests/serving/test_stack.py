@@ -48,16 +48,17 @@ class Stack:
                 "--dicom-storage", str(self.tmp / "node"), "--orthanc-dir", str(self.orthanc_dir),
                 "--state-dir", str(self.tmp / "state"), "--backoff-max", "4"]
 
-    def start(self) -> Stack:
+    def start(self, *extra: str, wait: bool = True) -> Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MRI_API_TOKENS")}
         # the Orthanc ports by environment variable (the rest by option): both ways are supported
         env.update(MRI_ORTHANC_HTTP_PORT=str(self.ports["orthanc_http"]),
                    MRI_ORTHANC_DICOM_PORT=str(self.ports["orthanc_dicom"]))
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.command(), cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+        self.proc = subprocess.Popen([*self.command(), *extra], cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
-        wait_for(self._ready, 180, "the stack's REST API to be ready")
-        wait_for(lambda: "MRI service running" in self.output(), 30, "the stack's banner")
+        if wait:
+            wait_for(self._ready, 180, "the stack's REST API to be ready")
+            wait_for(lambda: "MRI service running" in self.output(), 30, "the stack's banner")
         return self
 
     def _ready(self) -> bool:
@@ -86,6 +87,13 @@ class Stack:
         out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
         assert len(out) == 1, f"expected one process matching {pattern!r}, found {out}"
         return int(out[0])
+
+    def leftovers(self) -> str:
+        """Processes of this stack still running (by their ports and Orthanc's directory)."""
+        p = self.ports
+        return subprocess.run(
+            ["pgrep", "-af", f"--port {p['api']}|--http-port={p['http']}|--port {p['dicom']}|{self.orthanc_dir}"],
+            capture_output=True, text=True).stdout.strip()
 
     def stop(self) -> int:
         if self.proc is None:
@@ -223,10 +231,27 @@ def browse(stack, page: str, shot: Path) -> tuple[str, Path]:
 
 
 def test_sigterm_stops_every_service(stack):
-    """Last in this module: SIGTERM ends the stack with code 0 and leaves no process behind."""
-    p = stack.ports
+    """Last of the tests on the module's stack: SIGTERM ends it with code 0 and leaves no process behind."""
     assert stack.stop() == 0
-    leftovers = subprocess.run(
-        ["pgrep", "-f", f"--port {p['api']}|--http-port={p['http']}|--port {p['dicom']}|{stack.orthanc_dir}"],
-        capture_output=True, text=True)
-    assert leftovers.stdout.strip() == "", f"processes left behind: {leftovers.stdout}"
+    assert stack.leftovers() == "", "processes left behind"
+
+
+def test_sigterm_during_the_start_stops_what_was_started(tmp_path):
+    s = Stack(tmp_path).start(wait=False)
+    try:
+        wait_for(lambda: "starting tritonserver" in s.output(), 60, "Triton's start")  # Orthanc is up by then
+    finally:
+        code = s.stop()
+    assert code == 0, s.output()[-2000:]
+    assert s.leftovers() == "", "processes left behind"
+
+
+def test_a_service_that_cannot_start_at_all_stops_the_stack_with_the_cause(tmp_path):
+    s = Stack(tmp_path).start("--repository", str(tmp_path / "no-models"), wait=False)
+    try:
+        code = s.proc.wait(timeout=120)
+    finally:
+        s.stop()
+    assert code == 1
+    assert "error: the stack did not start" in s.output() and "no-models" in s.output()
+    assert s.leftovers() == "", "Orthanc, started first, is stopped again"

@@ -18,7 +18,7 @@ from mrcore.config import ConfigError
 from serving.orthanc import Modality, OrthancServer, OrthancSettings, available_plugins, orthanc_config, write_config
 from serving.stack import node_config_for, orthanc_modalities, secret_file
 from serving.supervisor import ChildProcess, Service, Supervisor
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.dicom_node.peers import ORTHANC, echoscu, need, wait_for
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
@@ -105,8 +105,6 @@ def test_orthanc_config_is_authenticated_local_and_private(tmp_path):
 
 def test_orthanc_server_starts_with_authentication_and_private_storage(tmp_path):
     need(ORTHANC)
-    from tests.conftest import free_port
-
     s = OrthancSettings(directory=tmp_path / "o", http_port=free_port(), dicom_port=free_port(),
                         users={"mri": "secret"}, modalities={"NODE": Modality("MRI_NODE", "127.0.0.1", 1)})
     with OrthancServer(s) as pacs:
