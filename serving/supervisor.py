@@ -92,11 +92,12 @@ class Supervisor:
     """Start services in order, restart any that exits, stop them all in reverse order."""
 
     def __init__(self, services: Sequence[Service], backoff_base_s: float = 1.0, backoff_max_s: float = 30.0,
-                 stable_s: float = 60.0) -> None:
+                 stable_s: float = 60.0, first_start_attempts: int = 3) -> None:
         if backoff_base_s <= 0 or backoff_max_s < backoff_base_s:
             raise ValueError(f"back-off needs 0 < base <= max, got base {backoff_base_s}, max {backoff_max_s}")
         self.services = list(services)
         self.backoff_base_s, self.backoff_max_s, self.stable_s = backoff_base_s, backoff_max_s, stable_s
+        self.first_start_attempts = max(1, first_start_attempts)
         self.restarts: dict[str, int] = {s.name: 0 for s in self.services}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -106,11 +107,13 @@ class Supervisor:
         return min(self.backoff_base_s * 2 ** (failures - 1), self.backoff_max_s)
 
     def start(self) -> None:
-        """Start every service in order, then watch them; a first start that fails stops the others and raises."""
+        """Start every service in order, then watch them. A service whose start fails is tried again with
+        back-off up to ``first_start_attempts`` times (Triton can fail to come up on an overloaded machine);
+        then the services already started are stopped and the last error is raised."""
         started: list[tuple[Service, subprocess.Popen]] = []
         try:
             for svc in self.services:
-                started.append((svc, svc.start()))
+                started.append((svc, self._first_start(svc)))
         except BaseException:
             for svc, _ in reversed(started):
                 svc.stop()
@@ -119,6 +122,19 @@ class Supervisor:
             t = threading.Thread(target=self._watch, args=(svc, proc), name=f"supervise-{svc.name}", daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _first_start(self, svc: Service) -> subprocess.Popen:
+        for attempt in range(1, self.first_start_attempts + 1):
+            try:
+                return svc.start()
+            except Exception as exc:  # any failure: logged, retried, re-raised after the last attempt
+                svc.stop()
+                if attempt == self.first_start_attempts:
+                    raise
+                log.error("%s did not start: %s; trying again in %.1f s (attempt %d of %d)", svc.name, exc,
+                          self.delay(attempt), attempt, self.first_start_attempts)
+                time.sleep(self.delay(attempt))
+        raise AssertionError("unreachable: the loop returns or raises")
 
     def _watch(self, svc: Service, proc: subprocess.Popen) -> None:
         failures = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,13 +57,15 @@ def test_a_killed_child_is_restarted_and_the_other_keeps_running(caplog):
     assert a.process.poll() is not None and b.process.poll() is not None
 
 
-def test_a_crash_loop_backs_off():
-    crash = ChildProcess("crash", [sys.executable, "-c", "raise SystemExit(3)"])
-    sup = Supervisor([crash], backoff_base_s=0.1, backoff_max_s=10)
+def test_a_crash_loop_backs_off(caplog):
+    crash = ChildProcess("crash", ["sh", "-c", "exit 3"])
+    sup = Supervisor([crash], backoff_base_s=0.1, backoff_max_s=0.4)
+    caplog.set_level(logging.INFO, logger="mri-stack")
     sup.start()
-    time.sleep(2.0)  # waits 0.1, 0.2, 0.4, 0.8 (plus start-up times): 3 or 4 restarts, not 20
+    wait_for(lambda: sup.restarts["crash"] >= 4, 20, "four restarts")
     sup.stop()
-    assert 2 <= sup.restarts["crash"] <= 4, sup.restarts
+    waits = [float(w) for w in re.findall(r"exited with code 3; restarting in ([0-9.]+) s", caplog.text)]
+    assert waits[:4] == [0.1, 0.2, 0.4, 0.4], "the wait doubles up to the cap"
 
 
 def test_stop_ends_whole_process_groups():
@@ -75,16 +78,36 @@ def test_stop_ends_whole_process_groups():
     wait_for(lambda: not alive(int(out[0])), 10, "the grandchild to end")
 
 
-def test_a_failed_first_start_stops_what_was_started_and_raises():
+def test_a_failed_first_start_is_retried_then_stops_what_was_started_and_raises():
     ok = ChildProcess("ok", SLEEP)
+    tries = []
 
     def fail():
+        tries.append(time.monotonic())
         raise RuntimeError("no such model")
 
-    sup = Supervisor([ok, Service("bad", fail, lambda: None)])
+    sup = Supervisor([ok, Service("bad", fail, lambda: None)], backoff_base_s=0.1, first_start_attempts=3)
     with pytest.raises(RuntimeError, match="no such model"):
         sup.start()
-    assert ok.process.poll() is not None
+    assert len(tries) == 3 and ok.process.poll() is not None
+
+
+def test_a_first_start_that_fails_once_is_retried():
+    flaky = ChildProcess("flaky", SLEEP)
+    calls = []
+
+    def start():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("tritonserver exited with code -6 before it was ready")
+        return flaky.start()
+
+    sup = Supervisor([Service("flaky", start, flaky.stop)], backoff_base_s=0.1)
+    sup.start()
+    try:
+        assert len(calls) == 2 and flaky.process.poll() is None
+    finally:
+        sup.stop()
 
 
 # --- the embedded Orthanc -----------------------------------------------------------------------------
