@@ -208,7 +208,7 @@ def main(
         f"  REST API     http://{host}:{api_port}  (OpenAPI docs: http://{host}:{api_port}/docs; {token_note})",
         f"  DICOM node   {host}:{dicom_port}  AE titles of the routes in {dicom_config}",
         *lines,
-        "A service that exits is restarted (back-off 1, 2, 4 ... s). Stop with Ctrl-C.",
+        "A service that exits is restarted (at once, then after 1, 2, 4 ... s if it keeps exiting). Stop with Ctrl-C.",
     ]))
 
 

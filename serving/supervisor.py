@@ -9,8 +9,9 @@ others, and one watcher thread per service waits for its exit and restarts it wi
     ...                  # a crash -> "REST API (pid 123) exited with code -9 (SIGKILL); restarting in 1 s"
     sup.stop()           # SIGTERM every process group, SIGKILL after a timeout
 
-Back-off: the n-th consecutive restart waits ``min(base * 2**(n-1), max)`` seconds (1, 2, 4 ... 30 s by
-default); a service that ran at least ``stable_s`` seconds before it exited starts again from ``base``.
+Back-off: a service that crashed after running fine is restarted at once; if it exits again within
+``stable_s`` seconds, the next restarts wait ``min(base * 2**(n-1), max)`` seconds (1, 2, 4 ... 30 s by
+default); a service that ran at least ``stable_s`` seconds before it exited starts again at once.
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ class Supervisor:
         """Seconds to wait before restart number ``failures`` (>= 1) of a run of consecutive failures."""
         return min(self.backoff_base_s * 2 ** (failures - 1), self.backoff_max_s)
 
+    def restart_delay(self, failures: int) -> float:
+        """Seconds to wait before restarting a service that exited, ``failures`` (>= 1) times in a row: at once
+        after a crash of a service that was running fine, then :meth:`delay` of the previous count
+        (0, 1, 2, 4 ... s)."""
+        return 0.0 if failures <= 1 else self.delay(failures - 1)
+
     def start(self) -> None:
         """Start every service in order, then watch them. A service whose start fails is tried again with
         back-off up to ``first_start_attempts`` times (Triton can fail to come up on an overloaded machine);
@@ -148,7 +155,7 @@ class Supervisor:
             kill_leftovers(proc)
             failures = 1 if time.monotonic() - up_since >= self.stable_s else failures + 1
             log.error("%s (pid %d) exited with %s; restarting in %.1f s", svc.name, proc.pid,
-                      describe_exit(proc.returncode), self.delay(failures))
+                      describe_exit(proc.returncode), self.restart_delay(failures))
             restarted = self._restart(svc, failures)
             if restarted is None:
                 return
@@ -156,13 +163,15 @@ class Supervisor:
 
     def _restart(self, svc: Service, failures: int) -> subprocess.Popen | None:
         """Wait the back-off, start ``svc`` again (retrying with longer waits); ``None`` once stopping."""
-        while not self._stopping.wait(self.delay(failures)):
+        wait = self.restart_delay(failures)
+        while not self._stopping.wait(wait):
             svc.stop()  # what is left of the old process group (children of a killed leader)
             try:
                 proc = svc.start()
             except Exception as exc:  # noqa: BLE001 - any failure to start is logged and retried with back-off
                 failures += 1
-                log.error("%s did not start again: %s; next try in %.1f s", svc.name, exc, self.delay(failures))
+                wait = self.restart_delay(failures)
+                log.error("%s did not start again: %s; next try in %.1f s", svc.name, exc, wait)
                 continue
             if self._stopping.is_set():
                 svc.stop()
