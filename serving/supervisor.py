@@ -121,7 +121,7 @@ class Supervisor:
         try:
             for svc in self.services:
                 started.append((svc, self._first_start(svc)))
-        except BaseException:
+        except BaseException:  # even Ctrl-C: stop what was started, re-raise
             for svc, _ in reversed(started):
                 svc.stop()
             raise
