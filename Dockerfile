@@ -33,5 +33,6 @@ EXPOSE 8000 8001 8002 8080 11112
 # The whole service: the container's tritonserver with its onnxruntime backend serving the GPU configs
 # (config.pbtxt, KIND_GPU) of the shipped repository, the REST API on 8080 and the DICOM node on 11112.
 # Give the API its tokens: docker run -e MRI_API_TOKENS=... (or mount a file and set MRI_API_TOKENS_FILE).
-CMD ["python", "-m", "serving.stack", "--gpu", "--host", "0.0.0.0", \
+# No embedded Orthanc here (--no-orthanc): results go to the hospital's PACS named in the node's configuration.
+CMD ["python", "-m", "serving.stack", "--gpu", "--no-orthanc", "--host", "0.0.0.0", \
      "--triton-binary", "/opt/tritonserver/bin/tritonserver", "--triton-backends", "/opt/tritonserver/backends"]

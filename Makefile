@@ -1,12 +1,12 @@
 # Two commands on a fresh clone:  `make run`  and  `make test`.
-# Everything they need (the virtual environment, Debian's dcmtk/orthanc/orthanc-dicomweb/dicom3tools) is installed
+# Everything they need (the virtual environment, Debian's dcmtk/orthanc and its plugins/dicom3tools/chromium) is installed
 # idempotently: a second run finds the stamps and skips the installs.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools
+DEB_PACKAGES := dcmtk orthanc orthanc-webviewer orthanc-dicomweb dicom3tools chromium
 export FLWR_TELEMETRY_ENABLED = 0
 export FLWR_DISABLE_UPDATE_CHECK = 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
@@ -16,7 +16,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 .PHONY: help venv system-deps test test-fast lint run preview data bench bench-gpu lock clean export example-data
 
 help:
-	@echo "make run          start Triton, the REST API (:8080) and the DICOM node (:11112) on the shipped models"
+	@echo "make run          start Orthanc (:8042, PACS + viewer), Triton, the REST API (:8080) and the DICOM node (:11112), supervised"
 	@echo "make example-data write the small example inputs of the README's curl/storescu examples to examples/"
 	@echo "make test         install everything needed and run the whole test suite (lint and types included)"
 	@echo "make lint         only ruff, mypy and the import layers (import-linter), as make test runs them"
@@ -43,14 +43,14 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip check
 	@touch $(STAMP)
 
-# Debian packages the end-to-end tests use as real peers (dcmtk as scanner, Orthanc as PACS with its DICOMweb
-# plugin, dciodvfy).
+# Debian packages of the embedded PACS (`make run`: Orthanc with its web viewer and DICOMweb plugins) and of the
+# end-to-end tests' real peers (dcmtk as scanner, Orthanc as PACS, dciodvfy, chromium for the viewer page).
+# Idempotent: only the packages dpkg does not list as installed are installed.
 system-deps:
 	@missing=""; \
-	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
-	command -v Orthanc >/dev/null || missing="$$missing orthanc"; \
-	dpkg -s orthanc-dicomweb >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
-	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -75,7 +75,8 @@ preview: venv
 data: venv
 	$(PY) -m training.data_cli generate
 
-# Triton (shipped model_repository/, CPU config), the REST API on :8080 and the DICOM node on :11112.
+# Orthanc (the embedded PACS and viewer, :8042 / DICOM :4242), Triton (shipped model_repository/, CPU config), the
+# REST API on :8080 and the DICOM node on :11112; a crashed service is restarted with back-off. Ctrl-C stops it all.
 run: venv system-deps example-data
 	$(PY) -m serving.stack
 

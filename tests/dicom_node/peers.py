@@ -19,9 +19,10 @@ from pathlib import Path
 import pydicom
 import yaml
 
+from serving.orthanc import ORTHANC_BINARY, Modality, OrthancSettings, write_config
 from tests.conftest import ROOT, free_port
 
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+ORTHANC = ORTHANC_BINARY
 #: Debian's orthanc-dicomweb (make system-deps): STOW-RS/QIDO-RS/WADO-RS under /dicom-web/
 ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
@@ -50,29 +51,39 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 # Orthanc
 # --------------------------------------------------------------------------------------------------
 class Orthanc:
-    """An Orthanc server with its own config and storage in ``directory``."""
+    """An Orthanc server with its own config and storage in ``directory``; the config is the project's one
+    definition (:func:`serving.orthanc.orthanc_config`), here without HTTP authentication and accepting
+    C-STORE from any AE title (a throw-away test PACS).
+
+    ``http_port``/``dicom_port``/``auth`` attach the REST helpers to an Orthanc started elsewhere (the one
+    ``make run`` embeds, with its user and password) without calling :meth:`start`."""
 
     def __init__(self, directory: Path, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 aet: str = "ORTHANC", extra: dict | None = None, user: tuple[str, str] | None = None) -> None:
-        """``extra``: more configuration keys (plugins...); ``user``: (name, password) with HTTP authentication on."""
+                 aet: str = "ORTHANC", *, http_port: int | None = None, dicom_port: int | None = None,
+                 auth: tuple[str, str] | None = None, user: tuple[str, str] | None = None,
+                 extra: dict | None = None) -> None:
+        """``user`` (an alias of ``auth``): (name, password) with HTTP authentication on; ``extra``: more
+        configuration keys (plugins, DICOMweb...) over the project's config."""
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.http_port, self.dicom_port, self.aet = free_port(), free_port(), aet
+        self.http_port, self.dicom_port, self.aet = http_port or free_port(), dicom_port or free_port(), aet
         self.modalities = dict(modalities or {})
-        self.extra, self.user = dict(extra or {}), user
+        self.auth = auth or user
+        self.extra = dict(extra or {})
         self.proc: subprocess.Popen | None = None
 
+    def settings(self) -> OrthancSettings:
+        return OrthancSettings(directory=self.dir, http_port=self.http_port, dicom_port=self.dicom_port,
+                               ae_title=self.aet, name="test-pacs", restrict_dicom=False,
+                               users=dict([self.auth]) if self.auth else None,
+                               modalities={k: Modality(*v) for k, v in self.modalities.items()})
+
     def write_config(self) -> Path:
-        cfg = {"Name": "test-pacs", "StorageDirectory": str(self.dir / "db"), "IndexDirectory": str(self.dir / "db"),
-               "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": self.aet,
-               "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
-               "DicomModalities": {k: list(v) for k, v in self.modalities.items()}, "Plugins": [],
-               "StableAge": 1, "DicomScuTimeout": 30, "HttpTimeout": 60}
-        if self.user:
-            cfg.update(AuthenticationEnabled=True, RegisteredUsers={self.user[0]: self.user[1]})
-        cfg.update(self.extra)
-        path = self.dir / "orthanc.json"
-        path.write_text(json.dumps(cfg, indent=1))
+        path = write_config(self.settings())
+        if self.extra:
+            cfg = json.loads(path.read_text())
+            cfg.update(self.extra)
+            path.write_text(json.dumps(cfg, indent=1))
         return path
 
     def start(self) -> Orthanc:
@@ -109,8 +120,8 @@ class Orthanc:
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers["Content-Type"] = "application/dicom" if isinstance(body, bytes) else "application/json"
-        if self.user:
-            headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.user).encode()).decode()
+        if self.auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method,
                                      headers=headers)
         with urllib.request.urlopen(req, timeout=timeout) as r:
