@@ -28,6 +28,7 @@ from training.federation.family import Arrays
 from training.federation.records import from_record, load_arrays, save_arrays, to_record
 from training.federation.registry import family_from_config, family_from_yaml
 from training.federation.runconfig import absolute_paths
+from training.federation.secure import SecAggPlusRound
 from training.federation.strategy import SiteFedAvg, describe
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,12 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
         log.info("all %d rounds already done", total_rounds)
         return arrays
 
+    timeout = float(run_cfg["federation"].get("round_timeout_s", 3600))
+    secure_cfg = family.cfg.federation.secure_aggregation
+    secure = SecAggPlusRound(secure_cfg, family.train_sites, timeout) if secure_cfg.enabled else None
     strategy = SiteFedAvg(describe(arrays), text, offset, len(family.train_sites),
                           evaluate_sites=bool(run_cfg["federation"].get("evaluate_sites", True)),
-                          target_site=family.target_site,
-                          query_timeout=float(run_cfg["federation"].get("round_timeout_s", 3600)))
+                          target_site=family.target_site, query_timeout=timeout, secure=secure)
     t_round = [time.perf_counter()]
 
     def evaluate(server_round: int, record) -> MetricRecord | None:
