@@ -30,6 +30,7 @@ from training.federation.registry import family_from_config, family_from_yaml
 from training.federation.runconfig import absolute_paths
 from training.federation.secure import SecAggPlusRound
 from training.federation.strategy import SiteFedAvg, describe
+from training.federation.traffic import CountingGrid
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
                           evaluate_sites=bool(run_cfg["federation"].get("evaluate_sites", True)),
                           target_site=family.target_site, query_timeout=timeout, secure=secure)
     t_round = [time.perf_counter()]
+    counting = CountingGrid(grid)
 
     def evaluate(server_round: int, record) -> MetricRecord | None:
         if server_round == 0:
@@ -136,7 +138,9 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
             "train": strategy.site_train_metrics.get(g, {}),
             "val": strategy.site_eval_metrics.get(g, {}),
             "heldout": heldout,
+            "traffic": counting.summary(),
         }
+        counting.reset()
         t_round[0] = now
         append_durable(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
         write_json_durable(checkpoint_path(run_dir, g, ".json"), row, indent=1)
@@ -145,7 +149,7 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
         return MetricRecord({k: float(v) for k, v in heldout.items()}) if heldout else None
 
     result = strategy.start(
-        grid=grid,
+        grid=counting,  # type: ignore[arg-type]
         initial_arrays=to_record(arrays),
         num_rounds=total_rounds - offset,
         timeout=float(run_cfg["federation"].get("round_timeout_s", 3600)),

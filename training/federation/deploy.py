@@ -63,16 +63,20 @@ class LocalDeployment:
     insecure : plain text and no SuperNode authentication (a warning is logged); loopback tests only.
     register : the sites whose public keys the SuperLink is given (default: all); a site left out is
         refused when it connects (to test exactly that).
+    site_ca : the CA certificate the SuperNodes trust (default: the PKI's); another CA's makes every site
+        refuse the SuperLink's certificate (to test exactly that).
     """
 
     def __init__(self, workdir: Path, sites: dict[str, Path], start_timeout_s: float = 60.0, *,
-                 pki: Path | None = None, insecure: bool = False, register: list[str] | None = None) -> None:
+                 pki: Path | None = None, insecure: bool = False, register: list[str] | None = None,
+                 site_ca: Path | None = None) -> None:
         self.workdir = Path(workdir)
         self.sites = {k: Path(v) for k, v in sites.items()}
         self.start_timeout_s = start_timeout_s
         self.insecure = insecure
         self.pki = Pki(Path(pki) if pki is not None else self.workdir / "pki")
         self.register_sites = list(self.sites) if register is None else list(register)
+        self.site_ca = Path(site_ca) if site_ca is not None else self.pki.ca_cert
         self.node_ids: dict[str, int] = {}
         self.bin = Path(sys.executable).parent
         self.procs: list[subprocess.Popen] = []
@@ -160,7 +164,7 @@ class LocalDeployment:
     def _start_node(self, site: str, state_dir: Path, port: int, link_port: int) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         security = ["--insecure"] if self.insecure else [
-            "--root-certificates", str(self.pki.ca_cert),
+            "--root-certificates", str(self.site_ca),
             "--auth-supernode-private-key", str(self.pki.site_key(site))]
         node = self._spawn(f"supernode-{site}", [
             str(self.bin / "flower-supernode"), *security, "--superlink", f"127.0.0.1:{link_port}",
@@ -183,7 +187,7 @@ class LocalDeployment:
             return f"site {site!r} refused by the SuperLink: its {key} is not registered (unknown key)"
         if "CERTIFICATE_VERIFY_FAILED" in text or "handshake" in text:
             detail = next((ln for ln in text.splitlines() if "CERTIFICATE_VERIFY_FAILED" in ln), "TLS handshake failed")
-            return (f"site {site!r} refused the SuperLink's certificate (not issued by {self.pki.ca_cert}, expired "
+            return (f"site {site!r} refused the SuperLink's certificate (not issued by {self.site_ca}, expired "
                     f"or for another host): {detail.strip()}")
         return None
 

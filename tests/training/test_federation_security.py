@@ -1,0 +1,175 @@
+"""A federation a security officer can sign off, tested with the real flower-superlink and flower-supernodes:
+TLS with the federation's private CA, SuperNode authentication (an unknown key cannot join), and SecAgg+ of
+the generator weights (the coordinator sees only the weighted average, equal to plain FedAvg's)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from mrcore.config import ConfigError
+from training.federation.checkpoints import read_metrics
+from training.federation.deploy import DeploymentError, LocalDeployment
+from training.federation.pki import (
+    Pki,
+    PkiError,
+    check_server_certificate,
+    create_pki,
+    issue_server_certificate,
+    public_key_fingerprint,
+)
+from training.federation.records import load_arrays
+from training.federation.registry import family_from_config, family_from_yaml
+
+SITES = ["hospital-a", "hospital-b"]
+
+
+def tiny_config(tmp_path, run: str, sites=SITES, **federation) -> dict:
+    return {
+        "family": "recon",
+        "run_dir": str(tmp_path / run),
+        "seed": 3,
+        "data": {
+            "source": {"matrix": [32, 32], "subjects_per_site": 3, "slices_per_subject": 2,
+                       "cache_dir": str(tmp_path / "cache")},
+            "train_sites": list(sites),
+            "heldout_site": None,
+            "num_coils": 4,
+            "val_subjects": 1,
+        },
+        "model": {"chans": 8, "num_cascades": 1, "sens_chans": 4},
+        "objective": {"batch_size": 2},
+        "federation": {"rounds": 1, "evaluate_sites": False, **federation},
+    }
+
+
+def write_config(tmp_path, cfg: dict):
+    path = tmp_path / f"{cfg['run_dir'].rsplit('/', 1)[-1]}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# -- PKI, no processes --------------------------------------------------------------------------------
+def test_pki_files_keys_private_and_server_certificate_checked(tmp_path):
+    pki = create_pki(tmp_path / "pki", SITES, ["coordinator.example.org"])
+    assert (pki.root.stat().st_mode & 0o777) == 0o700
+    for key in (pki.ca_key, pki.server_key, *(pki.site_key(s) for s in SITES)):
+        assert (key.stat().st_mode & 0o777) == 0o600, key
+    for host in ("localhost", "127.0.0.1", "coordinator.example.org"):
+        check_server_certificate(pki.server_cert, pki.ca_cert, host)
+    with pytest.raises(PkiError, match="does not name host 'other.example.org'"):
+        check_server_certificate(pki.server_cert, pki.ca_cert, "other.example.org")
+    other = create_pki(tmp_path / "other", ["x"])
+    with pytest.raises(PkiError, match="was not issued by the CA"):
+        check_server_certificate(other.server_cert, pki.ca_cert, "localhost")
+    expired = Pki(tmp_path / "pki")
+    issue_server_certificate(expired, ["localhost"], 1, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3),
+                             out_cert=tmp_path / "old.pem", out_key=tmp_path / "old.key")
+    with pytest.raises(PkiError, match="old.pem expired"):
+        check_server_certificate(tmp_path / "old.pem", pki.ca_cert, "localhost")
+    # adding a hospital keeps the CA and the other keys
+    before = pki.ca_cert.read_bytes(), pki.site_key("hospital-a").read_bytes()
+    create_pki(tmp_path / "pki", ["hospital-c"])
+    assert (pki.ca_cert.read_bytes(), pki.site_key("hospital-a").read_bytes()) == before
+    assert public_key_fingerprint(pki.site_public_key("hospital-c")).startswith("SHA256:")
+    with pytest.raises(PkiError, match="site name"):
+        create_pki(tmp_path / "pki", ["../evil"])
+
+
+def test_secure_aggregation_with_fewer_sites_than_its_threshold_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path, "r", secure_aggregation={"enabled": True, "reconstruction_threshold": 3})
+    with pytest.raises(ConfigError, match=r"reconstruction_threshold=3 must be in \[2, num_shares=2\].*hospital-a"):
+        family_from_config(cfg)
+    one = tiny_config(tmp_path, "r", sites=["hospital-a"], secure_aggregation={"enabled": True})
+    with pytest.raises(ConfigError, match=r"at least 2 training sites, got \['hospital-a'\]"):
+        family_from_config(one)
+    family_from_config(tiny_config(tmp_path, "r", secure_aggregation={"enabled": True}))
+
+
+# -- real SuperLink and SuperNodes ------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_site_with_unknown_key_is_refused(tmp_path):
+    pki = create_pki(tmp_path / "pki", ["hospital-a", "hospital-x"])
+    sites = {"hospital-a": tmp_path / "a", "hospital-x": tmp_path / "x"}
+    dep = LocalDeployment(tmp_path / "flower", sites, pki=pki.root, register=["hospital-a"])
+    fingerprint = public_key_fingerprint(pki.site_public_key("hospital-x"))
+    with pytest.raises(DeploymentError, match=f"site 'hospital-x' refused by the SuperLink: its key {fingerprint}"):
+        with dep:
+            pass
+    assert "SuperNode ID:" in (tmp_path / "flower" / "supernode-hospital-a.log").read_text()  # the known key joined
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_certificate_from_another_ca_is_refused(tmp_path):
+    pki = create_pki(tmp_path / "pki", ["hospital-a"])
+    other = create_pki(tmp_path / "other", ["hospital-a"])
+    # the SuperLink presents a certificate from another CA: refused before anything starts
+    bad = tmp_path / "bad"
+    shutil.copytree(pki.root, bad)
+    for name in ("server.pem", "server.key"):
+        shutil.copy(other.root / name, bad / name)
+    with pytest.raises(DeploymentError, match="SuperLink certificate refused: .*was not issued by the CA"):
+        with LocalDeployment(tmp_path / "f1", {"hospital-a": tmp_path / "a"}, pki=bad):
+            pass
+    # a site that trusts another CA: its TLS handshake with the real SuperLink fails
+    with pytest.raises(DeploymentError, match="site 'hospital-a' refused the SuperLink's certificate.*CERTIFICATE_VERIFY_FAILED"):
+        with LocalDeployment(tmp_path / "f2", {"hospital-a": tmp_path / "a"}, pki=pki.root, site_ca=other.ca_cert):
+            pass
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_insecure_mode_warns(tmp_path, caplog):
+    dep = LocalDeployment(tmp_path / "flower", {"hospital-a": tmp_path / "a"}, insecure=True)
+    with caplog.at_level(logging.WARNING, logger="training.federation.deploy"):
+        dep._check_pki()
+    assert "without TLS" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_secure_aggregation_equals_fedavg_and_coordinator_sees_only_the_aggregate(tmp_path):
+    """Two runs on one TLS deployment with authenticated sites: plain FedAvg, then SecAgg+, same seed, so
+    the sites compute the same updates; the aggregates agree and SecAgg+'s coordinator got no site arrays."""
+    plain = write_config(tmp_path, tiny_config(tmp_path, "plain"))
+    secure = write_config(tmp_path, tiny_config(tmp_path, "secure", secure_aggregation={
+        "enabled": True, "max_weight": 16.0}))
+    sites = {s: tmp_path / f"state-{s}" for s in SITES}
+    with LocalDeployment(tmp_path / "flower", sites) as deployment:
+        assert deployment.run(plain, timeout_s=600) == "finished:completed"
+        for state in sites.values():  # round 1 starts from no site state in both runs
+            for f in state.glob("state_round_*.pt"):
+                f.unlink()
+        assert deployment.run(secure, timeout_s=600) == "finished:completed"
+
+    a = load_arrays(tmp_path / "plain" / "checkpoints" / "round_001.npz")
+    b = load_arrays(tmp_path / "secure" / "checkpoints" / "round_001.npz")
+    family = family_from_yaml((tmp_path / "secure" / "config.yaml").read_text())
+    init = family.initial_arrays()
+    assert set(a) == set(b) == set(init)
+    moved = max(float(np.max(np.abs(a[k] - init[k]))) for k in a)
+    diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+    assert moved > 1e-3  # the round trained
+    assert diff < 1e-5, f"SecAgg+ aggregate differs from FedAvg's by {diff}"
+    for k in a:
+        assert b[k].dtype == a[k].dtype and b[k].shape == a[k].shape
+
+    plain_row, secure_row = read_metrics(tmp_path / "plain")[0], read_metrics(tmp_path / "secure")[0]
+    assert set(plain_row["traffic"]["received_arrays"]) == set(SITES)
+    for site in SITES:
+        assert len(plain_row["traffic"]["received_arrays"][site]) == len(init)  # FedAvg: each site's weights
+        assert secure_row["traffic"]["received_arrays"].get(site, []) == []  # SecAgg+: no site's arrays
+    assert set(secure_row["train"]) == set(SITES)  # scalar metrics still arrive, with the example counts
+    assert secure_row["train"]["hospital-a"]["num-examples"] == plain_row["train"]["hospital-a"]["num-examples"]
+    assert secure_row["traffic"]["train_received_bytes"] > 0
+    for state in sites.values():  # each site still sent the generator weights only (into the masking)
+        sent = [json.loads(x) for x in (state / "outgoing.jsonl").read_text().splitlines()]
+        assert [set(s["arrays"]) for s in sent] == [set(init), set(init)]
