@@ -49,6 +49,7 @@ def measure(workdir: Path, num_sites: int, rounds: int) -> list[list]:
     """Rows (sites, mode, seconds/round, MB sent, MB received, received/site) for FedAvg and SecAgg+."""
     sites = SITE_NAMES[:num_sites]
     rows = []
+    family_from_config(bench_config(workdir, "cache", sites, 1, False)).prepare()  # data cache before timing
     with LocalDeployment(workdir / "flower", {s: workdir / "state" / s for s in sites}) as dep:
         for secure in (False, True):
             name = f"{'secagg' if secure else 'fedavg'}-{num_sites}"
