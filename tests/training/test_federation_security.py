@@ -16,6 +16,7 @@ import yaml
 
 from mrcore.config import ConfigError
 from training.federation.checkpoints import read_metrics
+from training.federation.config import SecureAggregationConfig
 from training.federation.deploy import DeploymentError, LocalDeployment
 from training.federation.pki import (
     Pki,
@@ -27,6 +28,7 @@ from training.federation.pki import (
 )
 from training.federation.records import load_arrays
 from training.federation.registry import family_from_config, family_from_yaml
+from training.federation.secure import site_reply_content
 
 SITES = ["hospital-a", "hospital-b"]
 
@@ -91,6 +93,17 @@ def test_secure_aggregation_with_fewer_sites_than_its_threshold_is_refused(tmp_p
     with pytest.raises(ConfigError, match=r"at least 2 training sites, got \['hospital-a'\]"):
         family_from_config(one)
     family_from_config(tiny_config(tmp_path, "r", secure_aggregation={"enabled": True}))
+
+
+def test_site_refuses_to_send_what_secure_aggregation_would_distort():
+    cfg = SecureAggregationConfig(enabled=True, max_weight=10.0, clipping_range=1.0)
+    ok = {"w": np.full((2, 2), 1.5, np.float32)}
+    content = site_reply_content(ok, 6, {"loss": 0.1}, cfg, "hospital-a")  # 1.5 * 6/10 = 0.9 < 1
+    assert list(content.array_records) == ["fitres.parameters"]
+    with pytest.raises(ValueError, match=r"site 'hospital-a': array 'w' reaches 1.2 after weighting"):
+        site_reply_content(ok, 8, {}, cfg, "hospital-a")
+    with pytest.raises(ValueError, match=r"site 'hospital-b': 11 examples this round exceed .*max_weight=10"):
+        site_reply_content(ok, 11, {}, cfg, "hospital-b")
 
 
 # -- real SuperLink and SuperNodes ------------------------------------------------------------------

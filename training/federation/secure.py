@@ -41,7 +41,12 @@ MODULUS = 2**32
 
 
 class SecureAggregationError(RuntimeError):
-    """The SecAgg+ protocol could not finish a round (fewer sites than the threshold answered, ...)."""
+    """The SecAgg+ protocol could not finish a round (fewer sites than the threshold answered, ...);
+    ``failures`` holds the sites' error replies (a site's StopRun among them)."""
+
+    def __init__(self, message: str, failures: list[Exception]) -> None:
+        super().__init__(message)
+        self.failures = failures
 
 
 def is_secure_message(msg: Message) -> bool:
@@ -137,9 +142,9 @@ class SecAggPlusRound:
                 raise SecureAggregationError(
                     f"SecAgg+ halted in stage {stage.__name__} of round {server_round}: "
                     f"{len(state.active_node_ids)} of {len(contents)} sites answered, the threshold is "
-                    f"{self.threshold}; site errors: {[str(f)[:300] for f in state.failures]}")
+                    f"{self.threshold}; site errors: {[str(f)[:300] for f in state.failures]}", list(state.failures))
         if not shim.results:
-            raise SecureAggregationError(f"SecAgg+ round {server_round} produced no aggregate")
+            raise SecureAggregationError(f"SecAgg+ round {server_round} produced no aggregate", list(state.failures))
         aggregate = parameters_to_ndarrays(shim.results[0][1].parameters)
         per_site = [(proxy.node_id, fitres) for proxy, fitres in shim.results]
         return aggregate, per_site, list(state.failures)

@@ -31,7 +31,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from training.federation.family import StopRun
 from training.federation.records import TARGET_LATENTS, to_record
-from training.federation.secure import SecAggPlusRound
+from training.federation.secure import SecAggPlusRound, SecureAggregationError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,12 @@ class SiteFedAvg(FedAvg):
         assert self.secure is not None
         nodes = self.source_nodes(grid)
         contents = {n: RecordDict({k: v for k, v in record.items()}) for n in nodes}
-        aggregate, per_node, failures = self.secure.run(grid, server_round, arrays, contents)
+        try:
+            aggregate, per_node, failures = self.secure.run(grid, server_round, arrays, contents)
+        except SecureAggregationError as exc:  # a site's StopRun (privacy budget) ends the run as in FedAvg
+            for failure in exc.failures:
+                raise_if_stop_text(str(failure))
+            raise
         for failure in failures:
             raise_if_stop_text(str(failure))
         names = list(self.expected)
