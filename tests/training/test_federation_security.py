@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmarks.common import free_port
 from mrcore.config import ConfigError
 from training.federation.checkpoints import read_metrics
 from training.federation.config import SecureAggregationConfig
@@ -118,6 +119,16 @@ def test_site_with_unknown_key_is_refused(tmp_path):
         with dep:
             pass
     assert "SuperNode ID:" in (tmp_path / "flower" / "supernode-hospital-a.log").read_text()  # the known key joined
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_revoked_site_cannot_join_again(tmp_path):
+    sites = {"hospital-a": tmp_path / "a"}
+    with LocalDeployment(tmp_path / "flower", sites) as dep:
+        dep.unregister("hospital-a")  # what docs/federation.md tells the coordinator to do
+        with pytest.raises(DeploymentError, match="site 'hospital-a' refused by the SuperLink: its key .* not registered"):
+            dep._start_node("hospital-a", tmp_path / "a", free_port(), dep.link_port)
 
 
 @pytest.mark.slow
