@@ -144,6 +144,16 @@ def test_certificate_from_another_ca_is_refused(tmp_path):
     with pytest.raises(DeploymentError, match="SuperLink certificate refused: .*was not issued by the CA"):
         with LocalDeployment(tmp_path / "f1", {"hospital-a": tmp_path / "a"}, pki=bad):
             pass
+    # an expired SuperLink certificate from the right CA: refused before anything starts
+    expired = tmp_path / "expired"
+    shutil.copytree(pki.root, expired)
+    for name in ("server.pem", "server.key"):
+        (expired / name).unlink()
+    issue_server_certificate(Pki(expired), ["localhost", "127.0.0.1"], 1,
+                             not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+    with pytest.raises(DeploymentError, match="SuperLink certificate refused: .*server.pem expired on"):
+        with LocalDeployment(tmp_path / "f0", {"hospital-a": tmp_path / "a"}, pki=expired):
+            pass
     # a site that trusts another CA: its TLS handshake with the real SuperLink fails
     with pytest.raises(DeploymentError, match="site 'hospital-a' refused the SuperLink's certificate.*CERTIFICATE_VERIFY_FAILED"):
         with LocalDeployment(tmp_path / "f2", {"hospital-a": tmp_path / "a"}, pki=pki.root, site_ca=other.ca_cert):
