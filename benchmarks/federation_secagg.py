@@ -46,25 +46,31 @@ def bench_config(workdir: Path, name: str, sites: tuple[str, ...], rounds: int, 
 
 
 def measure(workdir: Path, num_sites: int, rounds: int) -> list[list]:
-    """Rows (sites, mode, seconds/round, MB sent, MB received, received/site) for FedAvg and SecAgg+."""
+    """Rows (sites, mode, seconds/round, site training seconds, MB sent, MB received, received/site) for
+    FedAvg and SecAgg+. Runs already in ``workdir`` with at least ``rounds`` rounds are read, not rerun
+    (their first ``rounds`` rounds)."""
     sites = SITE_NAMES[:num_sites]
+    names = {secure: f"{'secagg' if secure else 'fedavg'}-{num_sites}" for secure in (False, True)}
+    todo = [secure for secure, name in names.items()
+            if not (workdir / name / "metrics.jsonl").exists() or len(read_metrics(workdir / name)) < rounds]
+    if todo:
+        family_from_config(bench_config(workdir, "cache", sites, 1, False)).prepare()  # data cache before timing
+        with LocalDeployment(workdir / "flower", {s: workdir / "state" / s for s in sites}) as dep:
+            for secure in todo:
+                cfg_file = workdir / f"{names[secure]}.yaml"
+                cfg_file.write_text(yaml.safe_dump(bench_config(workdir, names[secure], sites, rounds, secure)))
+                dep.run(cfg_file, timeout_s=3600)
     rows = []
-    family_from_config(bench_config(workdir, "cache", sites, 1, False)).prepare()  # data cache before timing
-    with LocalDeployment(workdir / "flower", {s: workdir / "state" / s for s in sites}) as dep:
-        for secure in (False, True):
-            name = f"{'secagg' if secure else 'fedavg'}-{num_sites}"
-            cfg_file = workdir / f"{name}.yaml"
-            cfg_file.write_text(yaml.safe_dump(bench_config(workdir, name, sites, rounds, secure)))
-            dep.run(cfg_file, timeout_s=3600)
-            traffic = [r["traffic"] for r in read_metrics(workdir / name)]
-            train_s = [float(r["seconds"]) for s_row in read_metrics(workdir / name)
-                       for r in s_row["train"].values()]
-            sent = statistics.mean(t["train_sent_bytes"] for t in traffic) / 1e6
-            received = statistics.mean(t["train_received_bytes"] for t in traffic) / 1e6
-            rows.append([num_sites, "SecAgg+" if secure else "FedAvg",
-                         round(statistics.mean(t["train_seconds"] for t in traffic), 1),
-                         round(statistics.mean(train_s), 1), round(sent, 3), round(received, 3),
-                         round(received / num_sites, 3)])
+    for secure, name in names.items():
+        metrics = read_metrics(workdir / name)[:rounds]
+        traffic = [r["traffic"] for r in metrics]
+        train_s = [float(site["seconds"]) for r in metrics for site in r["train"].values()]
+        sent = statistics.mean(t["train_sent_bytes"] for t in traffic) / 1e6
+        received = statistics.mean(t["train_received_bytes"] for t in traffic) / 1e6
+        rows.append([num_sites, "SecAgg+" if secure else "FedAvg",
+                     round(statistics.mean(t["train_seconds"] for t in traffic), 1),
+                     round(statistics.mean(train_s), 1), round(sent, 3), round(received, 3),
+                     round(received / num_sites, 3)])
     return rows
 
 
@@ -84,7 +90,8 @@ def write_table(out: Path, rows: list[list], command: str, params: int) -> None:
 def main(sites: list[int] = typer.Option([2, 5], "--sites", help="Numbers of sites to measure (2 to 6)."),
          rounds: int = typer.Option(2, min=1, help="Rounds per run."),
          out: Path = typer.Option(Path("docs/federation.md"), help="Markdown file with the table markers."),
-         workdir: Path = typer.Option(None, help="Where the deployment runs (default: a temporary directory).")) -> None:
+         workdir: Path = typer.Option(None, help="Where the deployment runs (default: a temporary directory); "
+                                      "finished runs found there are reused.")) -> None:
     """Measure FedAvg and SecAgg+ at each number of sites and write the table into ``out``."""
     if any(not 2 <= n <= len(SITE_NAMES) for n in sites):
         raise typer.BadParameter(f"numbers of sites must be in [2, {len(SITE_NAMES)}], got {sites}", param_hint="--sites")
