@@ -157,6 +157,17 @@ class LocalDeployment:
         if out.returncode != 0:
             raise DeploymentError(f"could not unregister site {site!r}: {out.stdout[-300:]} {out.stderr[-300:]}")
 
+    def _final_status(self, run_id: str, deadline: float) -> str:
+        """The run's status once it has finished (``flwr run --stream`` can return earlier on a loaded host)."""
+        status = "unknown"
+        while True:
+            ls = self._flwr(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"])
+            runs = _json_in(ls.stdout).get("runs", [])
+            status = runs[0]["status"] if runs else "unknown"
+            if status.startswith("finished") or time.monotonic() > deadline:
+                return status
+            time.sleep(2.0)
+
     def _flwr(self, args: list[str], timeout_s: float = 60.0) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.bin / "flwr"), *args], capture_output=True, text=True, env=self.env,
                               cwd=self.workdir, timeout=timeout_s)
@@ -263,10 +274,7 @@ class LocalDeployment:
         if not info.get("success"):
             raise DeploymentError(f"flwr run was refused: {text.strip()[:500]} {res.stderr.strip()[:500]}")
         run_id = info["run-id"]
-        ls = subprocess.run([flwr, "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
-                            capture_output=True, text=True, env=self.env, cwd=self.workdir)
-        runs = json.loads(ls.stdout[ls.stdout.find("{"):]).get("runs", [])
-        status = runs[0]["status"] if runs else "unknown"
+        status = self._final_status(run_id, deadline=time.monotonic() + timeout_s)
         logs = subprocess.run([flwr, "log", str(run_id), CONNECTION, "--show"], capture_output=True, text=True,
                               env=self.env, cwd=self.workdir)
         (self.workdir / f"run-{run_id}.log").write_text(logs.stdout + logs.stderr)
