@@ -208,3 +208,23 @@ def test_secure_aggregation_equals_fedavg_and_coordinator_sees_only_the_aggregat
     for state in sites.values():  # each site still sent the generator weights only (into the masking)
         sent = [json.loads(x) for x in (state / "outgoing.jsonl").read_text().splitlines()]
         assert [set(s["arrays"]) for s in sent] == [set(init), set(init)]
+
+
+def test_federation_certs_cli_and_sequential_engine_refusal(tmp_path):
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["federation-certs", "--out", str(tmp_path / "pki"), "--sites", "hospital-a hospital-b",
+                              "--host", "coordinator.example.org"])
+    assert res.exit_code == 0, res.output
+    assert "hospital-b: private key" in res.output and "SHA256:" in res.output
+    assert (tmp_path / "pki" / "sites" / "hospital-b" / "supernode.key").stat().st_mode & 0o777 == 0o600
+    bad = runner.invoke(app, ["federation-certs", "--out", str(tmp_path / "pki"), "--sites", "a/b"])
+    assert bad.exit_code == 2 and "site name 'a/b'" in " ".join(re.sub(r"[│╭╮╰╯─]", " ", bad.output).split())
+    seq = runner.invoke(app, ["federated", "-c", "configs/recon.yaml", "--engine", "sequential",
+                              "--set", "federation.secure_aggregation.enabled=true",
+                              "--set", f"run_dir={tmp_path / 'run'}"])
+    flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", seq.output).split())
+    assert seq.exit_code == 2 and "the sequential engine has none" in flat, flat
