@@ -123,6 +123,8 @@ class LocalDeployment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "flwr-home").mkdir(exist_ok=True)
         self._check_pki()
+        for stale in self.workdir.glob("superlink.db*"):  # a previous deployment's nodes and keys
+            stale.unlink()
         link_port, *node_ports = _free_ports(1 + len(self.sites))
         self.link_port = link_port
         (self.workdir / "flwr-home" / "config.toml").write_text(self._connection_toml(link_port))
