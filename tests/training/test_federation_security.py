@@ -228,3 +228,38 @@ def test_federation_certs_cli_and_sequential_engine_refusal(tmp_path):
                               "--set", f"run_dir={tmp_path / 'run'}"])
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", seq.output).split())
     assert seq.exit_code == 2 and "the sequential engine has none" in flat, flat
+
+
+@pytest.mark.slow
+def test_secure_aggregation_keeps_fedavg_weighting_and_critics_local_in_simulation(tmp_path):
+    """Sites with different amounts of data (so the weighting matters) and the hybrid objective (a WGAN
+    critic at each site): SecAgg+ in Flower's simulation gives the example-weighted mean of the sites' own
+    updates, computed here independently, and the critics never leave the sites."""
+    import torch
+
+    from training.federation.runconfig import load_run_config
+    from training.federation.simulation import simulate
+
+    overrides = [f"run_dir={tmp_path / 'run'}", f"data.source.cache_dir={tmp_path / 'cache'}",
+                 "data.source.matrix=[40, 40]", "data.source.subjects_per_site=3", "data.source.slices_per_subject=3",
+                 "data.train_sites=[hospital-a, hospital-b]", "data.heldout_site=null", "data.num_coils=4",
+                 "data.val_subjects=1", "model.chans=8", "model.num_cascades=1", "model.sens_chans=4",
+                 "objective.batch_size=2", "objective.kind=hybrid", "data.site_train_slices={hospital-a: 2}",
+                 "federation.rounds=1", "federation.secure_aggregation.enabled=true",
+                 "federation.secure_aggregation.max_weight=16"]
+    cfg = load_run_config(None, ["family=recon", *overrides])
+    simulate(cfg, num_cpus=2)
+    aggregated = load_arrays(tmp_path / "run" / "checkpoints" / "round_001.npz")
+    family = family_from_config(cfg)
+    init = family.initial_arrays()
+    updates = [family.train_site(s, init, 1, tmp_path / "independent" / s) for s in family.train_sites]
+    weights = np.array([u.num_examples for u in updates], dtype=np.float64)
+    assert weights[0] != weights[1]
+    for name, value in aggregated.items():
+        expected = sum(w * u.arrays[name] for w, u in zip(weights, updates)) / weights.sum()
+        np.testing.assert_allclose(value, expected, rtol=0, atol=1e-5, err_msg=name)
+    row = read_metrics(tmp_path / "run")[0]
+    assert all(names == [] for names in row["traffic"]["received_arrays"].values())
+    for site in family.train_sites:
+        state = next((tmp_path / "run" / "sites" / site).glob("state_round_*.pt"))
+        assert "critic" in torch.load(state, weights_only=True)  # the critic stayed at the site
