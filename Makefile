@@ -25,6 +25,7 @@ help:
 	@echo "make export       export the trained runs' generators to ONNX into model_repository/ (parity-checked)"
 	@echo "make bench        run the benchmarks and write their tables to docs/"
 	@echo "make bench-gpu    GPU against CPU: inference of both families, one DP-SGD synthesis round (needs CUDA)"
+	@echo "make federation-certs a private CA, the SuperLink's TLS certificate and a key per site (.cache/federation-pki)"
 	@echo "make train-federated  a short federated reconstruction demo (configs/recon-v2.yaml), then synthesis"
 	@echo "make train-recon-v2   the shipped reconstruction model's federated run (configs/recon-v2.yaml, ~90 min CPU)"
 	@echo "make train-synthesis  federated T1w->T2w synthesis, 4 sites, DP-SGD (configs/synthesis.yaml, < 15 min CPU)"
@@ -115,9 +116,16 @@ lock:
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
 
-.PHONY: train-federated train-recon-v2 train-synthesis pretrain-synthesis train-synthesis-flair evaluate-synthesis
+.PHONY: federation-certs train-federated train-recon-v2 train-synthesis pretrain-synthesis train-synthesis-flair evaluate-synthesis
 # A demonstration of both recipes within 15 minutes here: the shipped reconstruction recipe (configs/recon-v2.yaml)
 # for 3 short rounds, then the synthesis run. The shipped recon_unrolled v2 comes from `make train-recon-v2`.
+# The federation's CA, SuperLink certificate and one SuperNode key per site (docs/federation.md).
+FEDERATION_SITES ?= hospital-a hospital-b hospital-c
+FEDERATION_HOSTS ?=
+federation-certs: venv
+	$(PY) -m training.cli federation-certs --out .cache/federation-pki --sites "$(FEDERATION_SITES)" \
+	  $(foreach h,$(FEDERATION_HOSTS),--host $(h))
+
 train-federated: venv
 	$(PY) -m training.cli federated --config configs/recon-v2.yaml --set name=recon-v2-demo \
 	  --set run_dir=runs/recon-v2-demo --set federation.rounds=3 --set data.train_batches=8 --set data.val_batches=2

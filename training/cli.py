@@ -28,6 +28,7 @@ from mrcore.quality import DEFAULT_RATIO_THRESHOLD
 from training.federation.checkpoints import checkpoint_path, latest_checkpoint, read_metrics
 from training.federation.coordinator import RunMismatch, check_same_run
 from training.federation.family import StopRun
+from training.federation.pki import PkiError, create_pki, public_key_fingerprint
 from training.federation.records import load_arrays
 from training.federation.registry import family_from_config, family_from_yaml
 from training.federation.runconfig import load_run_config
@@ -68,6 +69,9 @@ def federated(
         raise typer.BadParameter(f"expected 'flower' or 'sequential', got {engine!r}", param_hint="--engine")
 
     run_cfg = _load(config, set_)
+    if engine == "sequential" and run_cfg["federation"]["secure_aggregation"]["enabled"]:
+        raise typer.BadParameter("federation.secure_aggregation needs Flower's engine (SecAgg+ runs between the "
+                                 "sites' nodes); the sequential engine has none", param_hint="--engine")
     run_dir = Path(run_cfg["run_dir"])
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -329,6 +333,27 @@ def evaluate_synthesis(
     mni_out.with_suffix(".json").write_text(json.dumps(mrows, indent=1))
     write_report(mni_out, "Synthesis on real anatomy: the MNI152 T1 template", command, ev.mni_body(mrows, sites))
     typer.echo(f"wrote {mni_out}")
+
+
+@app.command("federation-certs")
+def federation_certs(
+    out: Path = typer.Option(Path(".cache/federation-pki"), help="PKI directory (0700; private keys 0600)."),
+    sites: list[str] = typer.Option(..., "--sites", help="Site names (repeatable or space separated): one key pair each."),
+    hosts: list[str] = typer.Option([], "--host", help="Name or address the SuperLink is reached at (repeatable), "
+                                    "besides localhost/127.0.0.1/::1."),
+    days: int = typer.Option(365, min=1, help="Validity of the CA and the server certificate, in days."),
+) -> None:
+    """Create the federation's private CA, the SuperLink's TLS certificate and each site's SuperNode
+    authentication key (docs/federation.md). Existing files are kept: name a new site to add a hospital."""
+    names = [n for s in sites for n in s.replace(",", " ").split()]
+    try:
+        pki = create_pki(out, names, hosts, days)
+    except PkiError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--sites/--host/--days") from exc
+    typer.echo(f"CA {pki.ca_cert}; SuperLink certificate {pki.server_cert} (key {pki.server_key})")
+    for site in names:
+        typer.echo(f"  {site}: private key {pki.site_key(site)} (stays at the site), public key "
+                   f"{pki.site_public_key(site)} {public_key_fingerprint(pki.site_public_key(site))}")
 
 
 @app.command("publish-init")

@@ -26,9 +26,10 @@ from training.federation.coordinator import run_coordinator
 from training.federation.records import TARGET_LATENTS, audit_outgoing, from_record, to_record
 from training.federation.registry import family_from_config
 from training.federation.runconfig import load_run_config
+from training.federation.secure import is_secure_message, secure_aggregation_mod, site_reply_content
 
 log = logging.getLogger(__name__)
-client_app = ClientApp()
+client_app = ClientApp(mods=[secure_aggregation_mod])
 
 
 def _site_and_state_dir(context: Context, run_cfg: dict, family) -> tuple[str, Path]:
@@ -70,6 +71,11 @@ def _handle(msg: Message, context: Context, train: bool) -> Message:
         update = family.train_site(site, arrays, global_round, state_dir, target_latents=target)
         audit_outgoing(state_dir, site, global_round, update.arrays, update.num_examples)
         metrics = {**update.metrics, "num-examples": int(update.num_examples)}
+        if is_secure_message(msg):  # SecAgg+: secaggplus_mod masks these arrays before they leave the site
+            content = site_reply_content(update.arrays, update.num_examples, update.metrics,
+                                         family.cfg.federation.secure_aggregation, site)
+            content["site"] = ConfigRecord({"name": site})
+            return Message(content=content, reply_to=msg)
         content = RecordDict({
             "arrays": to_record(update.arrays),
             "metrics": MetricRecord({k: float(v) if k != "num-examples" else int(v) for k, v in metrics.items()}),

@@ -28,7 +28,9 @@ from training.federation.family import Arrays
 from training.federation.records import from_record, load_arrays, save_arrays, to_record
 from training.federation.registry import family_from_config, family_from_yaml
 from training.federation.runconfig import absolute_paths
+from training.federation.secure import SecAggPlusRound
 from training.federation.strategy import SiteFedAvg, describe
+from training.federation.traffic import CountingGrid
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +114,14 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
         log.info("all %d rounds already done", total_rounds)
         return arrays
 
+    timeout = float(run_cfg["federation"].get("round_timeout_s", 3600))
+    secure_cfg = family.cfg.federation.secure_aggregation
+    secure = SecAggPlusRound(secure_cfg, family.train_sites, timeout) if secure_cfg.enabled else None
     strategy = SiteFedAvg(describe(arrays), text, offset, len(family.train_sites),
                           evaluate_sites=bool(run_cfg["federation"].get("evaluate_sites", True)),
-                          target_site=family.target_site,
-                          query_timeout=float(run_cfg["federation"].get("round_timeout_s", 3600)))
+                          target_site=family.target_site, query_timeout=timeout, secure=secure)
     t_round = [time.perf_counter()]
+    counting = CountingGrid(grid)
 
     def evaluate(server_round: int, record) -> MetricRecord | None:
         if server_round == 0:
@@ -133,7 +138,9 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
             "train": strategy.site_train_metrics.get(g, {}),
             "val": strategy.site_eval_metrics.get(g, {}),
             "heldout": heldout,
+            "traffic": counting.summary(),
         }
+        counting.reset()
         t_round[0] = now
         append_durable(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
         write_json_durable(checkpoint_path(run_dir, g, ".json"), row, indent=1)
@@ -142,7 +149,7 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
         return MetricRecord({k: float(v) for k, v in heldout.items()}) if heldout else None
 
     result = strategy.start(
-        grid=grid,
+        grid=counting,  # type: ignore[arg-type]
         initial_arrays=to_record(arrays),
         num_rounds=total_rounds - offset,
         timeout=float(run_cfg["federation"].get("round_timeout_s", 3600)),

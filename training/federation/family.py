@@ -64,6 +64,8 @@ class Family(ABC):
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
+        if cfg.federation.secure_aggregation.enabled:
+            cfg.federation.secure_aggregation.shares_and_threshold(self.train_sites)
 
     @classmethod
     def from_dict(cls, data: dict) -> Family:

@@ -9,6 +9,9 @@ On top of Flower's :class:`~flwr.serverapp.strategy.FedAvg` it
 * keeps per-site training and validation metrics for the run's metrics file;
 * stops the run when a site replies with a :class:`~training.federation.family.StopRun` error (for
   example a privacy budget that the next round would exceed); other failed replies are left out;
+* with secure aggregation (``federation.secure_aggregation.enabled``): runs each round's training as SecAgg+
+  (:mod:`training.federation.secure`), so it only ever holds the weighted average, never a site's weights;
+  per-site scalar metrics still arrive;
 * with a target site (FL-MRCM): learns which node is which site (a ``site`` query), asks the target node
   for its latent features each round (a ``latent-features`` query, the round's shared weights attached),
   checks the reply holds only those, and sends them to the training sites with their train message; the
@@ -27,7 +30,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from training.federation.family import StopRun
-from training.federation.records import TARGET_LATENTS
+from training.federation.records import TARGET_LATENTS, to_record
+from training.federation.secure import SecAggPlusRound, SecureAggregationError
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +51,12 @@ class SiteFedAvg(FedAvg):
     num_sites : number of training sites (all are sampled every round).
     target_site : FL-MRCM's target site (one more node, which only answers feature queries), or None.
     query_timeout : seconds to wait for the answers to a query.
+    secure : the SecAgg+ driver when secure aggregation is on, else None.
     """
 
     def __init__(self, expected: dict[str, tuple[tuple[int, ...], str]], run_config_yaml: str,
                  round_offset: int, num_sites: int, evaluate_sites: bool = True, target_site: str | None = None,
-                 query_timeout: float = 3600.0) -> None:
+                 query_timeout: float = 3600.0, secure: SecAggPlusRound | None = None) -> None:
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0 if evaluate_sites else 0.0,
@@ -65,6 +70,8 @@ class SiteFedAvg(FedAvg):
         self.round_offset = round_offset
         self.target_site = target_site
         self.query_timeout = query_timeout
+        self.secure = secure
+        self._secure_result: tuple[ArrayRecord, dict[str, dict[str, float]]] | None = None
         self.node_sites: dict[int, str] = {}
         self.site_train_metrics: dict[int, dict[str, dict[str, float]]] = {}
         self.site_eval_metrics: dict[int, dict[str, dict[str, float]]] = {}
@@ -77,12 +84,43 @@ class SiteFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         config = self._with_run_info(server_round, config)
-        if self.target_site is None:
+        if self.target_site is None and self.secure is None:
             return super().configure_train(server_round, arrays, config, grid)
         config["server-round"] = server_round
-        latents = self.query_target_latents(grid, arrays, config)
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config, TARGET_LATENTS: latents})
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        if self.target_site is not None:
+            record[TARGET_LATENTS] = self.query_target_latents(grid, arrays, config)
+        if self.secure is not None:
+            self.secure_train(server_round, arrays, record, grid)
+            return []  # the protocol has run; aggregate_train returns its result
         return self._construct_messages(record, self.source_nodes(grid), MessageType.TRAIN)
+
+    def secure_train(self, server_round: int, arrays: ArrayRecord, record: RecordDict, grid: Grid) -> None:
+        """Run the round's training under SecAgg+; keep the aggregate and the sites' scalar metrics."""
+        assert self.secure is not None
+        nodes = self.source_nodes(grid)
+        contents = {n: RecordDict({k: v for k, v in record.items()}) for n in nodes}
+        try:
+            aggregate, per_node, failures = self.secure.run(grid, server_round, arrays, contents)
+        except SecureAggregationError as exc:  # a site's StopRun (privacy budget) ends the run as in FedAvg
+            for failure in exc.failures:
+                raise_if_stop_text(str(failure))
+            raise
+        for failure in failures:
+            raise_if_stop_text(str(failure))
+        names = list(self.expected)
+        if len(aggregate) != len(names):
+            raise SharedWeightsViolation(f"SecAgg+ aggregate has {len(aggregate)} arrays, expected {len(names)}")
+        shared = {}
+        for name, a in zip(names, aggregate, strict=True):
+            shape, dtype = self.expected[name]
+            if tuple(a.shape) != tuple(shape):
+                raise SharedWeightsViolation(f"SecAgg+ aggregate array {name!r} is {a.shape}, expected {tuple(shape)}")
+            shared[name] = a.astype(dtype)
+        sites = self.identify_nodes(grid)
+        metrics = {sites.get(n, f"node-{n}"): {**{k: float(v) for k, v in fr.metrics.items()},  # type: ignore[arg-type]
+                                                "num-examples": fr.num_examples} for n, fr in per_node}
+        self._secure_result = (to_record(shared), metrics)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -108,7 +146,7 @@ class SiteFedAvg(FedAvg):
                 raise RuntimeError(f"could not identify the sites of the federation's nodes: {reason}")
             self.node_sites = {m.metadata.src_node_id: site_of(m) for m in replies}
             targets = [n for n, s in self.node_sites.items() if s == self.target_site]
-            if len(targets) != 1:
+            if self.target_site is not None and len(targets) != 1:
                 raise RuntimeError(f"FL-MRCM needs exactly one node of target site {self.target_site!r}; "
                                    f"the nodes are {sorted(self.node_sites.values())}")
             log.info("nodes: %s", {s: n for n, s in self.node_sites.items()})
@@ -137,6 +175,12 @@ class SiteFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
+        if self.secure is not None:
+            assert self._secure_result is not None and not replies
+            arrays, per_site = self._secure_result
+            self._secure_result = None
+            self.site_train_metrics[self.round_offset + server_round] = per_site
+            return arrays, None
         per_site = {}
         for msg in replies:
             if msg.has_error():
@@ -157,7 +201,11 @@ class SiteFedAvg(FedAvg):
 
 def raise_if_stop(msg: Message) -> None:
     """Re-raise a site's :class:`~training.federation.family.StopRun` (found in an error reply) at the coordinator."""
-    reason = str(msg.error.reason)
+    raise_if_stop_text(str(msg.error.reason))
+
+
+def raise_if_stop_text(reason: str) -> None:
+    """Raise :class:`~training.federation.family.StopRun` if ``reason`` (an error reply's text) carries one."""
     if StopRun.MARKER in reason:
         text = reason[reason.index(StopRun.MARKER):]
         raise StopRun(text.removesuffix("'>").strip())
