@@ -23,6 +23,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from training.federation.coordinator import run_coordinator
+from training.federation.payload import site_send_weights
 from training.federation.records import TARGET_LATENTS, audit_outgoing, from_record, to_record
 from training.federation.registry import family_from_config
 from training.federation.runconfig import load_run_config
@@ -68,10 +69,11 @@ def _handle(msg: Message, context: Context, train: bool) -> Message:
         latents = msg.content.array_records.get(TARGET_LATENTS)
         target = latents["latents"].numpy() if latents is not None else None
         update = family.train_site(site, arrays, global_round, state_dir, target_latents=target)
-        audit_outgoing(state_dir, site, global_round, update.arrays, update.num_examples)
-        metrics = {**update.metrics, "num-examples": int(update.num_examples)}
+        data, payload = site_send_weights(update.arrays, arrays, family.cfg.federation.compression, state_dir, global_round)
+        audit_outgoing(state_dir, site, global_round, payload, update.num_examples)
+        metrics = {**update.metrics, "num-examples": int(update.num_examples), "bytes_sent": len(data)}
         content = RecordDict({
-            "arrays": to_record(update.arrays),
+            "arrays": to_record(payload),
             "metrics": MetricRecord({k: float(v) if k != "num-examples" else int(v) for k, v in metrics.items()}),
             "site": ConfigRecord({"name": site}),
         })

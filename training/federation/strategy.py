@@ -26,8 +26,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from training.federation.compression import CompressionConfig
 from training.federation.family import StopRun
-from training.federation.records import TARGET_LATENTS
+from training.federation.payload import centre_receive_weights
+from training.federation.records import TARGET_LATENTS, from_record, to_record
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ class SiteFedAvg(FedAvg):
 
     def __init__(self, expected: dict[str, tuple[tuple[int, ...], str]], run_config_yaml: str,
                  round_offset: int, num_sites: int, evaluate_sites: bool = True, target_site: str | None = None,
-                 query_timeout: float = 3600.0) -> None:
+                 query_timeout: float = 3600.0, compression: CompressionConfig | None = None) -> None:
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0 if evaluate_sites else 0.0,
@@ -65,6 +67,8 @@ class SiteFedAvg(FedAvg):
         self.round_offset = round_offset
         self.target_site = target_site
         self.query_timeout = query_timeout
+        self.compression = compression or CompressionConfig()
+        self.round_arrays: dict[str, np.ndarray] = {}
         self.node_sites: dict[int, str] = {}
         self.site_train_metrics: dict[int, dict[str, dict[str, float]]] = {}
         self.site_eval_metrics: dict[int, dict[str, dict[str, float]]] = {}
@@ -77,6 +81,7 @@ class SiteFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         config = self._with_run_info(server_round, config)
+        self.round_arrays = from_record(arrays)  # compressed replies are deltas from these
         if self.target_site is None:
             return super().configure_train(server_round, arrays, config, grid)
         config["server-round"] = server_round
@@ -142,6 +147,12 @@ class SiteFedAvg(FedAvg):
             if msg.has_error():
                 raise_if_stop(msg)
                 continue
+            if self.compression.kind != "none":  # a compressed delta: back to the site's weights
+                try:
+                    weights = centre_receive_weights(from_record(msg.content["arrays"]), self.round_arrays, self.compression)
+                except ValueError as exc:
+                    raise SharedWeightsViolation(f"site {site_of(msg)!r}: {exc}") from None
+                msg.content["arrays"] = to_record(weights)
             check_shared_arrays(msg.content["arrays"], self.expected)
             per_site[site_of(msg)] = dict(msg.content["metrics"])
         self.site_train_metrics[self.round_offset + server_round] = per_site

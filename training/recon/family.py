@@ -28,6 +28,7 @@ from training.models import build_critic, build_generator
 from training.recon.config import ReconRunConfig
 from training.recon.data import ReconSlices, split_by_subject, spread
 from training.recon.export import servable_models
+from training.recon.gradient_site import ReconGradientSite
 from training.recon.loop import batch_metrics, reconstruct, train_epoch, volume_metrics
 from training.recon.mrcm import LatentAligner, as_target_tensor, new_identifier, pool_latent
 from training.recon.plots import plot_samples
@@ -282,6 +283,10 @@ class ReconFamily(Family):
 
     def servable_models(self, arrays: Arrays) -> list:
         return servable_models(self, arrays)
+
+    def gradient_site(self, site: str, state_dir: Path, server_round: int) -> ReconGradientSite:
+        """``site``'s side of a gradient-averaging round (:mod:`training.recon.gradient_site`)."""
+        return ReconGradientSite(self, site, state_dir, server_round)
 
 
 def _loader(ds: ReconSlices | RandomizedBatches, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
