@@ -69,7 +69,7 @@ def test_topk_ratio_one_is_exact():
 
 
 def test_error_feedback_makes_the_accumulated_sum_converge():
-    """Top-k 1 % of a fixed update sent T times: with error feedback what the centre has received in total
+    """Top-k 1 % of a fixed update sent T = 1000 times: with error feedback what the centre has received in total
     tracks T x the update (the gap is one residual, so the relative gap falls like 1/T); without it, the
     same 1 % of entries is sent every time and the gap stays at ~99 % of the mass."""
     u = _updates(1, seed=3)[0]
@@ -80,20 +80,20 @@ def test_error_feedback_makes_the_accumulated_sum_converge():
     got_ef = {k: np.zeros_like(v) for k, v in u.items()}
     got_no = {k: np.zeros_like(v) for k, v in u.items()}
     gaps = []
-    for t in range(1, 401):
+    for t in range(1, 1001):
         payload, residual = encode_with_feedback(u, residual, cfg_ef)
         for k, v in decompress(payload, shapes, cfg_ef).items():
             got_ef[k] += v
         for k, v in decompress(encode_with_feedback(u, None, cfg_no)[0], shapes, cfg_no).items():
             got_no[k] += v
-        if t in (50, 400):
+        if t in (100, 1000):
             gaps.append(_rel_err(got_ef, {k: t * v for k, v in u.items()}))
     assert gaps[1] < 0.05, gaps
-    assert gaps[1] < gaps[0] / 4, gaps  # ~1/T: 8x more sends, at least 4x smaller relative gap
-    assert _rel_err(got_no, {k: 400 * v for k, v in u.items()}) > 0.5
+    assert gaps[1] < gaps[0] / 4, gaps  # ~1/T: 10x more sends, at least 4x smaller relative gap
+    assert _rel_err(got_no, {k: 1000 * v for k, v in u.items()}) > 0.5
     # the residual is exactly what has not been delivered yet
     for k in u:
-        np.testing.assert_allclose(got_ef[k] + residual[k], 400 * u[k], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got_ef[k] + residual[k], 1000 * u[k], rtol=1e-3, atol=1e-5)
 
 
 def test_topk_with_feedback_average_of_sites_within_tolerance_over_rounds():
@@ -118,7 +118,7 @@ def test_topk_with_feedback_average_of_sites_within_tolerance_over_rounds():
 def test_bytes_measured_are_the_payload_and_decode_back(tmp_path, kind, ratio):
     """The bytes a site reports are the serialised payload (Flower's ArrayRecord protobuf), the centre decodes
     exactly those bytes, and compression shrinks them as it should."""
-    u = _updates(1)[0]
+    u = {**_updates(1)[0], "big.weight": np.random.default_rng(5).standard_normal((64, 32, 3, 3)).astype(np.float32)}
     cfg = CompressionConfig(kind=kind, ratio=ratio)
     data, payload = site_encode(u, cfg, tmp_path / "site", 1)
     assert data == to_bytes(payload)
@@ -126,11 +126,9 @@ def test_bytes_measured_are_the_payload_and_decode_back(tmp_path, kind, ratio):
     assert set(back) == set(payload) and all(np.array_equal(back[k], payload[k]) for k in payload)
     decoded = centre_decode(data, shapes_of(u), cfg)
     assert all(decoded[k].shape == u[k].shape for k in u)
-    raw = sum(v.nbytes for v in u.values())
-    if kind == "float16":
-        assert len(data) < 0.6 * raw
-    if kind == "topk":
-        assert len(data) < (ratio * 2 + 0.05) * raw + 2000  # int32 index + float32 value per kept entry + headers
+    raw = sum(v.nbytes for v in u.values())  # 80 KB of float32
+    assert len(data) > {"none": raw, "float16": raw / 2, "topk": 2 * ratio * raw}[kind]  # the data + headers
+    assert len(data) < {"none": raw, "float16": raw / 2, "topk": 2 * ratio * raw}[kind] + 1500  # npy/protobuf headers
 
 
 def test_site_residual_is_private_state_keyed_by_send(tmp_path):
