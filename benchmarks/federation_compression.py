@@ -15,6 +15,7 @@ time (sum of the rounds' seconds, sites in turn on this CPU), and bytes per site
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ COMPRESSIONS = {
     "top-k 1 % + EF": ["federation.compression.kind=topk", "federation.compression.ratio=0.01"],
 }
 SMALL = [
-    "data.source.matrix=[64, 64]", "data.source.subjects_per_site=4", "data.source.slices_per_subject=4",
+    "data.source.matrix=[64, 64]", "data.source.subjects_per_site=4", "data.source.slices_per_subject=3",
     "data.source.sites=[hospital-a,hospital-b,hospital-c,hospital-d,hospital-e,hospital-f]",
     "data.heldout_site=hospital-c", "data.num_coils=4", "data.val_subjects=1", "data.max_eval_slices=8",
     "model.num_cascades=2", "model.chans=8", "model.sens_chans=4", "model.num_res_blocks=1",
@@ -43,7 +44,7 @@ SMALL = [
 ]
 
 
-def run_one(out_dir: Path, cache: Path, sites: int, mode: str, compression: str, rounds: int) -> dict:
+def run_one(out_dir: Path, cache: Path, sites: int, mode: str, compression: str, rounds: int, threads: int = 1) -> dict:
     """One training run through ``mri-train federated``; its last metrics row, summarised."""
     tag = f"{mode}-{sites}-{compression.split()[0].replace('-', '')}{compression.split()[1] if ' ' in compression else ''}"
     run_dir = out_dir / tag
@@ -52,7 +53,8 @@ def run_one(out_dir: Path, cache: Path, sites: int, mode: str, compression: str,
     cmd = [sys.executable, "-m", "training.cli", "federated", "-c", "configs/recon.yaml", "--engine", "sequential",
            "--fresh", *[a for s in sets for a in ("--set", s)]]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wall = time.perf_counter() - t0
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     per_site = [m for r in rows for m in r["train"].values()]
@@ -69,23 +71,27 @@ def run_one(out_dir: Path, cache: Path, sites: int, mode: str, compression: str,
 def main(
     out: Path = typer.Option(Path("docs/benchmarks/federation_compression.md"), help="Markdown report to write."),
     work: Path = typer.Option(Path("runs/bench-federation"), help="Directory of the runs."),
-    rounds: int = typer.Option(4, min=1, help="Rounds per run (each one pass over every site's data)."),
+    rounds: int = typer.Option(3, min=1, help="Rounds per run (each one pass over every site's data)."),
+    threads: int = typer.Option(1, min=1, help="Torch threads per run (OMP_NUM_THREADS)."),
     sites: list[int] = typer.Option([2, 5], help="Numbers of training sites (2 and/or 5)."),
-    compression: list[str] = typer.Option(list(COMPRESSIONS), help="Compressions to compare."),
+    compression: list[str] = typer.Option(["none", "float16", "top-k 10 % + EF"], help=f"Compressions to compare, of {list(COMPRESSIONS)}."),
 ) -> None:
     """Run every (sites, mode, compression) combination and write the table."""
+    unknown = [c for c in compression if c not in COMPRESSIONS] + [str(n) for n in sites if n not in SITES]
+    if unknown:
+        raise typer.BadParameter(f"unknown --compression/--sites {unknown}; expected {list(COMPRESSIONS)} and {list(SITES)}")
     results = []
     for n in sites:
         for mode in ("fedavg", "gradient_average"):
             for comp in compression:
-                r = run_one(work, work / "cache", n, mode, comp, rounds)
+                r = run_one(work, work / "cache", n, mode, comp, rounds, threads)
                 typer.echo(json.dumps(r))
                 results.append(r)
     header = ["sites", "mode", "compression", "held-out PSNR (dB)", "held-out SSIM", "train time (s)",
               "sends per round", "bytes per send per site", "bytes per round per site"]
     rows = [[r["sites"], r["mode"], r["compression"], round(r["psnr"], 2), round(r["ssim"], 4), round(r["train_s"], 1),
              int(r["sends"]), int(r["bytes_round"] / r["sends"]), int(r["bytes_round"])] for r in results]
-    body = (f"{rounds} rounds; every site runs the same batches per round in every mode (see the module docstring "
+    body = (f"{rounds} rounds, {threads} torch thread(s) per run; every site runs the same batches per round in every mode (see the module docstring "
             f"of `benchmarks/federation_compression.py`).\n\n" + markdown_table(header, rows))
     write_report(out, "FedAvg vs gradient averaging, with compression",
                  "python -m benchmarks.federation_compression " + " ".join(sys.argv[1:]), body)

@@ -23,7 +23,7 @@ from training.federation.family import Arrays
 from training.models import build_critic
 from training.objectives import HybridSchedule
 from training.recon.loop import _cycle, batch_loss
-from training.recon.randomized import RandomizedBatches
+from training.recon.randomized import site_loader
 from training.sites import derive_seed, load_site_state, save_site_state
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ class ReconGradientSite:
     """A site's side of one gradient-averaging round (see the module docstring)."""
 
     def __init__(self, family: ReconFamily, site: str, state_dir: Path, server_round: int) -> None:
-        from training.recon.family import _loader  # deferred: training.recon.family imports this module
-
         cfg, obj = family.cfg, family.cfg.objective
         self.family, self.site, self.state_dir, self.obj = family, site, Path(state_dir), obj
         site_no = family.train_sites.index(site)
@@ -53,7 +51,7 @@ class ReconGradientSite:
         train = family.dataset(site, "train")
         train.set_epoch(server_round - 1)
         seed = torch.Generator().manual_seed(derive_seed(cfg.seed, site_no, server_round, 7))
-        self.loader = _loader(train, obj.batch_size, seed)
+        self.loader = site_loader(train, obj.batch_size, seed)
         self.batches: Iterator[dict] = _cycle(self.loader)
         self.labels: Iterator[dict] | None = None
         if obj.kind == "unpaired":
@@ -100,8 +98,3 @@ class ReconGradientSite:
         save_site_state(self.state_dir, server_round, state)
         return {k: v / max(self.count, 1) for k, v in self.sums.items()}
 
-
-def examples_per_round(family: ReconFamily, site: str) -> int:
-    """Training examples in one pass over ``site``'s data (FedAvg's weight for that site)."""
-    train = family.dataset(site, "train")
-    return len(train) * (family.cfg.objective.batch_size if isinstance(train, RandomizedBatches) else 1)
