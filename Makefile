@@ -13,7 +13,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 export RAY_USAGE_STATS_ENABLED = 0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: help venv system-deps test test-fast lint run preview data bench bench-gpu lock clean export example-data
+.PHONY: help venv system-deps test test-fast lint run preview data bench bench-gpu bench-federation lock clean export example-data
 
 help:
 	@echo "make run          start Triton, the REST API (:8080) and the DICOM node (:11112) on the shipped models"
@@ -24,6 +24,7 @@ help:
 	@echo "make data         generate (and cache) the embedded multi-site phantom data set"
 	@echo "make export       export the trained runs' generators to ONNX into model_repository/ (parity-checked)"
 	@echo "make bench        run the benchmarks and write their tables to docs/"
+	@echo "make bench-federation  FedAvg vs gradient averaging, with compression, 2 and 5 sites (about 30 min here)"
 	@echo "make bench-gpu    GPU against CPU: inference of both families, one DP-SGD synthesis round (needs CUDA)"
 	@echo "make train-federated  a short federated reconstruction demo (configs/recon-v2.yaml), then synthesis"
 	@echo "make train-recon-v2   the shipped reconstruction model's federated run (configs/recon-v2.yaml, ~90 min CPU)"
@@ -87,6 +88,10 @@ bench: venv
 	$(PY) -m benchmarks.serving_latency --out docs/benchmarks/serving_latency.md
 	$(PY) -m benchmarks.rest_latency --out docs/benchmarks/rest_latency.md
 	$(PY) -m benchmarks.dicom_latency --out docs/benchmarks/dicom_latency.md
+
+# Not in `bench`: 12 small training runs, about 30 minutes on 2 cores (docs/federation.md has the table).
+bench-federation: venv
+	$(PY) -m benchmarks.federation_compression --out docs/benchmarks/federation_compression.md
 
 # On a GPU host only (exits 2 without a visible CUDA GPU; CI has none).
 bench-gpu: venv
