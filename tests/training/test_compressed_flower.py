@@ -44,6 +44,7 @@ def test_flower_fedavg_with_float16_deltas(tmp_path):
     (row,) = read_metrics(cfg["run_dir"])
     for site in family.train_sites:
         sent = [json.loads(x) for x in (tmp_path / "run" / "sites" / site / "outgoing.jsonl").read_text().splitlines()]
-        assert {dtype for _, dtype in sent[0]["arrays"].values()} == {"float16"}
-        expected_len = len(to_bytes({k: np.zeros(shape, np.float16) for k, (shape, _) in sent[0]["arrays"].items()}))
+        ((shape, dtype),) = sent[0]["arrays"].values()
+        assert dtype == "float16" and shape == [sum(v.size for v in init.values())]
+        expected_len = len(to_bytes({"values": np.zeros(shape, np.float16)}))
         assert row["train"][site]["bytes_sent"] == expected_len

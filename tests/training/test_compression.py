@@ -47,7 +47,18 @@ def test_float16_average_within_tolerance():
     exact = weighted_mean([(u, 1.0) for u in ups])
     got = weighted_mean([(decompress(compress(u, cfg), shapes_of(u), cfg), 1.0) for u in ups])
     assert _rel_err(got, exact) < 1e-3
-    assert all(compress(ups[0], cfg)[k].dtype == np.float16 for k in ups[0])
+    assert compress(ups[0], cfg)["values"].dtype == np.float16
+
+
+def test_topk_is_per_array_and_decodes_in_place():
+    """Every array keeps its own top entries (a layer of small values is not starved by a layer of large
+    ones), and the decoded arrays have the names, shapes and positions of the update."""
+    x = {"big": np.array([[100.0, -200.0], [300.0, 1.0]], np.float32), "small": np.array([0.001, -0.003, 0.002], np.float32)}
+    cfg = CompressionConfig(kind="topk", ratio=0.34)  # 2 of 4 and 2 of 3
+    d = decompress(compress(x, cfg), shapes_of(x), cfg)
+    assert list(d) == ["big", "small"]
+    np.testing.assert_array_equal(d["big"], [[0, -200], [300, 0]])
+    np.testing.assert_array_equal(d["small"], np.array([0, -0.003, 0.002], np.float32))
 
 
 def test_topk_keeps_the_largest_entries_and_their_count():
@@ -55,7 +66,7 @@ def test_topk_keeps_the_largest_entries_and_their_count():
     cfg = CompressionConfig(kind="topk", ratio=0.3)  # ceil(0.3 * 8) = 3 entries
     payload = compress(x, cfg)
     assert topk_count(8, 0.3) == 3
-    np.testing.assert_array_equal(payload["w/idx"], [1, 3, 7])
+    np.testing.assert_array_equal(payload["idx"], [1, 3, 7])
     np.testing.assert_array_equal(decompress(payload, shapes_of(x), cfg)["w"], [0, -5, 0, 3, 0, 0, 0, -2])
     assert topk_count(10, 1.0) == 10 and topk_count(3, 0.01) == 1
 
@@ -128,7 +139,7 @@ def test_bytes_measured_are_the_payload_and_decode_back(tmp_path, kind, ratio):
     assert all(decoded[k].shape == u[k].shape for k in u)
     raw = sum(v.nbytes for v in u.values())  # 80 KB of float32
     assert len(data) > {"none": raw, "float16": raw / 2, "topk": 2 * ratio * raw}[kind]  # the data + headers
-    assert len(data) < {"none": raw, "float16": raw / 2, "topk": 2 * ratio * raw}[kind] + 1500  # npy/protobuf headers
+    assert len(data) < {"none": raw, "float16": raw / 2, "topk": 2 * ratio * raw}[kind] + 600  # two npy/protobuf headers
 
 
 def test_site_residual_is_private_state_keyed_by_send(tmp_path):
@@ -162,8 +173,13 @@ def test_malformed_payload_is_refused():
     payload["critic.weight"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="extra \\['critic.weight'\\]"):
         decompress(payload, shapes_of(u), cfg)
-    with pytest.raises(ValueError, match="conv.bias"):
-        decompress({**compress(u, cfg), "conv.bias/idx": np.array([99], np.int32)}, shapes_of(u), cfg)
+    good = compress(u, cfg)
+    with pytest.raises(ValueError, match="increasing int32 indices"):
+        decompress({**good, "idx": good["idx"] + 10**6}, shapes_of(u), cfg)
+    with pytest.raises(ValueError, match="increasing int32 indices"):
+        decompress({**good, "idx": good["idx"][::-1].copy()}, shapes_of(u), cfg)
+    with pytest.raises(ValueError, match="expected float16"):
+        decompress({"values": np.zeros(5, np.float16)}, shapes_of(u), CompressionConfig(kind="float16"))
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.005, 1.5, -1, float("nan")])

@@ -4,9 +4,12 @@ Pure numpy, no I/O. Every update is a dict ``name -> float32 array`` (any shapes
 a *payload* (again ``name -> array``, what is serialised and sent) and back:
 
 * ``none``: the update as float32;
-* ``float16``: each array cast to float16 (half the bytes; relative rounding error <= 2**-11 per element);
-* ``topk``: per array, the ``ceil(ratio * size)`` entries of largest magnitude, sent as ``<name>/idx`` (int32,
-  flat indices) and ``<name>/val`` (float32 values); the others count as zero.
+* ``float16``: cast to float16 (half the bytes; relative rounding error <= 2**-11 per element);
+* ``topk``: per array, the ``ceil(ratio * size)`` entries of largest magnitude, sent as int32 indices and
+  float32 values; the others count as zero.
+
+The arrays travel concatenated (sorted by name) in one vector, so per-array serialisation headers do not
+swamp a small model's payload.
 
 Error feedback (Seide et al. 2014; Karimireddy et al. 2019, "EF-SGD"): the site keeps a residual ``r`` (what
 compression has dropped so far), compresses ``e = update + r`` and keeps ``r' = e - decompress(compress(e))``.
@@ -55,49 +58,69 @@ def topk_count(size: int, ratio: float) -> int:
     return max(1, min(size, math.ceil(ratio * size)))
 
 
+def _flat(update: Arrays) -> tuple[list[str], np.ndarray]:
+    """The arrays' names in sorted order and their entries concatenated in that order (float32)."""
+    names = sorted(update)
+    return names, np.concatenate([np.asarray(update[n], np.float32).ravel() for n in names]) if names else np.zeros(0, np.float32)
+
+
 def compress(update: Arrays, cfg: CompressionConfig) -> Arrays:
-    """The payload of ``update`` (name -> float array) under ``cfg`` (see the module docstring)."""
-    out: Arrays = {}
-    for name, value in update.items():
-        flat = np.asarray(value, np.float32).ravel()
-        if cfg.kind == "none":
-            out[name] = flat.reshape(np.shape(value))
-        elif cfg.kind == "float16":
-            out[name] = flat.astype(np.float16).reshape(np.shape(value))
-        else:
-            k = topk_count(flat.size, cfg.ratio)
-            idx = np.argpartition(np.abs(flat), flat.size - k)[flat.size - k:] if k < flat.size else np.arange(flat.size)
-            idx = np.sort(idx).astype(np.int32)
-            out[f"{name}/idx"], out[f"{name}/val"] = idx, flat[idx]
-    return out
+    """The payload of ``update`` (name -> float array) under ``cfg``.
+
+    The arrays are concatenated in sorted-name order into one vector, so the payload is one or two arrays
+    whatever the number of layers (a serialised array carries a header of about 100-200 bytes):
+    ``{"values": float32 [N]}`` (none), ``{"values": float16 [N]}`` (float16), or ``{"idx": int32 [K],
+    "val": float32 [K]}`` (topk: per array the ``ceil(ratio * size)`` largest-magnitude entries, so every layer
+    is represented; indices into the concatenated vector, increasing)."""
+    names, flat = _flat(update)
+    if cfg.kind == "none":
+        return {"values": flat}
+    if cfg.kind == "float16":
+        return {"values": flat.astype(np.float16)}
+    chosen, offset = [], 0
+    for n in names:
+        part = flat[offset:offset + np.size(update[n])]
+        k = topk_count(part.size, cfg.ratio)
+        idx = np.argpartition(np.abs(part), part.size - k)[part.size - k:] if k < part.size else np.arange(part.size)
+        chosen.append(np.sort(idx) + offset)
+        offset += part.size
+    idx = np.concatenate(chosen).astype(np.int32)
+    return {"idx": idx, "val": flat[idx]}
 
 
 def decompress(payload: Arrays, shapes: dict[str, tuple[int, ...]], cfg: CompressionConfig) -> Arrays:
     """Dense float32 arrays (``shapes``: name -> shape) back from a :func:`compress` payload.
 
-    Raises ValueError when the payload does not hold exactly what ``cfg`` sends for ``shapes`` (a site that
-    sent something else)."""
-    want = set(shapes) if cfg.kind != "topk" else {f"{n}/{p}" for n in shapes for p in ("idx", "val")}
+    Raises ValueError when the payload is not exactly what ``cfg`` sends for ``shapes`` (a site that sent
+    something else: other arrays, another dtype or length, indices out of range or not increasing)."""
+    want = {"values"} if cfg.kind != "topk" else {"idx", "val"}
     if set(payload) != want:
         raise ValueError(f"payload arrays differ from the expected {cfg.kind} update: extra "
                          f"{sorted(set(payload) - want)[:5]}, missing {sorted(want - set(payload))[:5]}")
+    names = sorted(shapes)
+    sizes = [int(np.prod(shapes[n])) for n in names]
+    total = sum(sizes)
+    if cfg.kind != "topk":
+        flat = np.asarray(payload["values"])
+        dtype = np.float16 if cfg.kind == "float16" else np.float32
+        if flat.shape != (total,) or flat.dtype != dtype:
+            raise ValueError(f"payload 'values' is {flat.dtype} {flat.shape}, expected {np.dtype(dtype)} ({total},)")
+        flat = flat.astype(np.float32)
+    else:
+        idx, val = np.asarray(payload["idx"]), np.asarray(payload["val"])
+        k = sum(topk_count(n, cfg.ratio) for n in sizes)
+        if (idx.shape != (k,) or val.shape != (k,) or idx.dtype != np.int32 or val.dtype != np.float32
+                or (k and (idx[0] < 0 or idx[-1] >= total or np.any(np.diff(idx) <= 0)))):
+            raise ValueError(f"top-k payload: expected {k} increasing int32 indices in [0, {total}) and {k} float32 "
+                             f"values, got {idx.dtype} {idx.shape} and {val.dtype} {val.shape}")
+        flat = np.zeros(total, np.float32)
+        flat[idx] = val
     out: Arrays = {}
-    for name, shape in shapes.items():
-        size = int(np.prod(shape))
-        if cfg.kind != "topk":
-            arr = np.asarray(payload[name])
-            if tuple(arr.shape) != tuple(shape) or arr.dtype != (np.float16 if cfg.kind == "float16" else np.float32):
-                raise ValueError(f"payload array {name!r} is {arr.dtype} {arr.shape}, expected {tuple(shape)}")
-            out[name] = arr.astype(np.float32)
-            continue
-        idx, val = np.asarray(payload[f"{name}/idx"]), np.asarray(payload[f"{name}/val"])
-        k = topk_count(size, cfg.ratio)
-        if idx.shape != (k,) or val.shape != (k,) or idx.dtype != np.int32 or (k and (idx.min() < 0 or idx.max() >= size)):
-            raise ValueError(f"payload of {name!r}: expected {k} int32 indices in [0, {size}) and {k} values")
-        dense = np.zeros(size, np.float32)
-        dense[idx] = val
-        out[name] = dense.reshape(shape)
-    return out
+    offset = 0
+    for n, size in zip(names, sizes, strict=True):
+        out[n] = flat[offset:offset + size].reshape(shapes[n])
+        offset += size
+    return {n: out[n] for n in shapes}
 
 
 def shapes_of(arrays: Arrays) -> dict[str, tuple[int, ...]]:
