@@ -6,6 +6,8 @@ On top of Flower's :class:`~flwr.serverapp.strategy.FedAvg` it
 * ships the run configuration to every site in the round's ``ConfigRecord``;
 * refuses a reply whose arrays are not exactly the expected shared weights (names, shapes, dtypes):
   a site that tried to send its critic, a discriminator or data would be rejected, not averaged;
+* with ``federation.compression`` (:mod:`.compression`), decodes each site's compressed weight delta back to
+  its weights first (a payload that is not exactly the configured one is refused the same way);
 * keeps per-site training and validation metrics for the run's metrics file;
 * stops the run when a site replies with a :class:`~training.federation.family.StopRun` error (for
   example a privacy budget that the next round would exceed); other failed replies are left out;
