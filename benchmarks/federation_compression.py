@@ -44,18 +44,19 @@ SMALL = [
 ]
 
 
-def run_one(out_dir: Path, cache: Path, sites: int, mode: str, compression: str, rounds: int, threads: int = 1) -> dict:
-    """One training run through ``mri-train federated``; its last metrics row, summarised."""
-    tag = f"{mode}-{sites}-{compression.split()[0].replace('-', '')}{compression.split()[1] if ' ' in compression else ''}"
-    run_dir = out_dir / tag
-    sets = [*SMALL, f"data.train_sites={SITES[sites]}", f"data.source.cache_dir={cache}", f"run_dir={run_dir}",
-            f"name={tag}", f"federation.rounds={rounds}", f"federation.mode={mode}", *COMPRESSIONS[compression]]
-    cmd = [sys.executable, "-m", "training.cli", "federated", "-c", "configs/recon.yaml", "--engine", "sequential",
-           "--fresh", *[a for s in sets for a in ("--set", s)]]
-    t0 = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    wall = time.perf_counter() - t0
+def tag_of(sites: int, mode: str, compression: str) -> str:
+    """Run directory name of one combination, e.g. ``gradient_average-5-topk10``."""
+    return f"{mode}-{sites}-{compression.split()[0].replace('-', '')}{compression.split()[1] if ' ' in compression else ''}"
+
+
+def finished(out_dir: Path, sites: int, mode: str, compression: str, rounds: int) -> bool:
+    """True when that combination's run directory holds all ``rounds`` metric rows."""
+    path = out_dir / tag_of(sites, mode, compression) / "metrics.jsonl"
+    return path.exists() and len(path.read_text().splitlines()) >= rounds
+
+
+def summary(run_dir: Path, sites: int, mode: str, compression: str, wall: float | None) -> dict:
+    """The table's numbers of one finished run, from its metrics.jsonl."""
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     per_site = [m for r in rows for m in r["train"].values()]
     return {
@@ -67,6 +68,20 @@ def run_one(out_dir: Path, cache: Path, sites: int, mode: str, compression: str,
     }
 
 
+def run_one(out_dir: Path, cache: Path, sites: int, mode: str, compression: str, rounds: int, threads: int = 1) -> dict:
+    """One training run through ``mri-train federated``; its last metrics row, summarised."""
+    tag = tag_of(sites, mode, compression)
+    run_dir = out_dir / tag
+    sets = [*SMALL, f"data.train_sites={SITES[sites]}", f"data.source.cache_dir={cache}", f"run_dir={run_dir}",
+            f"name={tag}", f"federation.rounds={rounds}", f"federation.mode={mode}", *COMPRESSIONS[compression]]
+    cmd = [sys.executable, "-m", "training.cli", "federated", "-c", "configs/recon.yaml", "--engine", "sequential",
+           "--fresh", *[a for s in sets for a in ("--set", s)]]
+    t0 = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return summary(run_dir, sites, mode, compression, time.perf_counter() - t0)
+
+
 @app.command()
 def main(
     out: Path = typer.Option(Path("docs/benchmarks/federation_compression.md"), help="Markdown report to write."),
@@ -75,6 +90,8 @@ def main(
     threads: int = typer.Option(1, min=1, help="Torch threads per run (OMP_NUM_THREADS)."),
     sites: list[int] = typer.Option([2, 5], help="Numbers of training sites (2 and/or 5)."),
     compression: list[str] = typer.Option(["none", "float16", "top-k 10 % + EF"], help=f"Compressions to compare, of {list(COMPRESSIONS)}."),
+    reuse: bool = typer.Option(False, help="Take the numbers of runs already finished in --work instead of rerunning them."),
+    skip_missing: bool = typer.Option(False, help="With --reuse: leave combinations without a finished run out of the table."),
 ) -> None:
     """Run every (sites, mode, compression) combination and write the table."""
     unknown = [c for c in compression if c not in COMPRESSIONS] + [str(n) for n in sites if n not in SITES]
@@ -84,7 +101,12 @@ def main(
     for n in sites:
         for mode in ("fedavg", "gradient_average"):
             for comp in compression:
-                r = run_one(work, work / "cache", n, mode, comp, rounds, threads)
+                if reuse and finished(work, n, mode, comp, rounds):
+                    r = summary(work / tag_of(n, mode, comp), n, mode, comp, None)
+                elif reuse and skip_missing:
+                    continue
+                else:
+                    r = run_one(work, work / "cache", n, mode, comp, rounds, threads)
                 typer.echo(json.dumps(r))
                 results.append(r)
     header = ["sites", "mode", "compression", "held-out PSNR (dB)", "held-out SSIM", "train time (s)",
