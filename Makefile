@@ -24,7 +24,7 @@ help:
 	@echo "make data         generate (and cache) the embedded multi-site phantom data set"
 	@echo "make export       export the trained runs' generators to ONNX into model_repository/ (parity-checked)"
 	@echo "make bench        run the benchmarks and write their tables to docs/"
-	@echo "make bench-federation  FedAvg vs gradient averaging, with compression, 2 and 5 sites (about 30 min here)"
+	@echo "make bench-federation  FedAvg vs gradient averaging, with compression, 2 and 5 sites (10+ min)"
 	@echo "make bench-gpu    GPU against CPU: inference of both families, one DP-SGD synthesis round (needs CUDA)"
 	@echo "make train-federated  a short federated reconstruction demo (configs/recon-v2.yaml), then synthesis"
 	@echo "make train-recon-v2   the shipped reconstruction model's federated run (configs/recon-v2.yaml, ~90 min CPU)"
@@ -89,7 +89,7 @@ bench: venv
 	$(PY) -m benchmarks.rest_latency --out docs/benchmarks/rest_latency.md
 	$(PY) -m benchmarks.dicom_latency --out docs/benchmarks/dicom_latency.md
 
-# Not in `bench`: 12 small training runs, about 30 minutes on 2 cores (docs/federation.md has the table).
+# Not in `bench`: 16 small training runs, about 10 minutes on 2 idle cores, far more under load (table in docs/federation.md).
 bench-federation: venv
 	$(PY) -m benchmarks.federation_compression --out docs/benchmarks/federation_compression.md
 

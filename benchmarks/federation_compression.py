@@ -86,10 +86,10 @@ def run_one(out_dir: Path, cache: Path, sites: int, mode: str, compression: str,
 def main(
     out: Path = typer.Option(Path("docs/benchmarks/federation_compression.md"), help="Markdown report to write."),
     work: Path = typer.Option(Path("runs/bench-federation"), help="Directory of the runs."),
-    rounds: int = typer.Option(3, min=1, help="Rounds per run (each one pass over every site's data)."),
+    rounds: int = typer.Option(10, min=1, help="Rounds per run (each one pass over every site's data)."),
     threads: int = typer.Option(1, min=1, help="Torch threads per run (OMP_NUM_THREADS)."),
     sites: list[int] = typer.Option([2, 5], help="Numbers of training sites (2 and/or 5)."),
-    compression: list[str] = typer.Option(["none", "float16", "top-k 10 % + EF"], help=f"Compressions to compare, of {list(COMPRESSIONS)}."),
+    compression: list[str] = typer.Option(list(COMPRESSIONS), help=f"Compressions to compare, of {list(COMPRESSIONS)}."),
     reuse: bool = typer.Option(False, help="Take the numbers of runs already finished in --work instead of rerunning them."),
     skip_missing: bool = typer.Option(False, help="With --reuse: leave combinations without a finished run out of the table."),
 ) -> None:
