@@ -13,7 +13,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION = 1
 export RAY_USAGE_STATS_ENABLED = 0
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: help venv system-deps test test-fast lint run preview data bench bench-gpu lock clean export example-data
+.PHONY: help venv system-deps test test-fast lint run preview data bench bench-gpu bench-federation lock clean export example-data
 
 help:
 	@echo "make run          start Orthanc (:8042, PACS + viewer), Triton, the REST API (:8080) and the DICOM node (:11112), supervised"
@@ -24,6 +24,7 @@ help:
 	@echo "make data         generate (and cache) the embedded multi-site phantom data set"
 	@echo "make export       export the trained runs' generators to ONNX into model_repository/ (parity-checked)"
 	@echo "make bench        run the benchmarks and write their tables to docs/"
+	@echo "make bench-federation  FedAvg vs gradient averaging, with compression, 2 and 5 sites (10+ min)"
 	@echo "make bench-gpu    GPU against CPU: inference of both families, one DP-SGD synthesis round (needs CUDA)"
 	@echo "make federation-certs a private CA, the SuperLink's TLS certificate and a key per site (.cache/federation-pki)"
 	@echo "make train-federated  a short federated reconstruction demo (configs/recon-v2.yaml), then synthesis"
@@ -91,6 +92,10 @@ bench: venv
 	$(PY) -m benchmarks.serving_latency --out docs/benchmarks/serving_latency.md
 	$(PY) -m benchmarks.rest_latency --out docs/benchmarks/rest_latency.md
 	$(PY) -m benchmarks.dicom_latency --out docs/benchmarks/dicom_latency.md
+
+# Not in `bench`: 16 small training runs, about 10 minutes on 2 idle cores, far more under load (table in docs/federation.md).
+bench-federation: venv
+	$(PY) -m benchmarks.federation_compression --out docs/benchmarks/federation_compression.md
 
 # On a GPU host only (exits 2 without a visible CUDA GPU; CI has none).
 bench-gpu: venv

@@ -62,7 +62,8 @@ def federated(
     set_: list[str] = SET_OPT,
     fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints in run_dir and start over."),
     engine: str = typer.Option("flower", help="flower: Flower's simulation engine (Ray); sequential: the same FedAvg "
-                               "rounds with the sites trained in turn in this process (no Ray; for a saturated CPU)."),
+                               "rounds with the sites trained in turn in this process (no Ray; for a saturated CPU). "
+                               "federation.mode=gradient_average always runs its own in-process engine."),
 ) -> None:
     """Train across the configured sites with Flower's simulation engine (resumes from the last checkpoint)."""
     if engine not in ("flower", "sequential"):
@@ -101,7 +102,12 @@ def federated(
 
     t0 = time.perf_counter()
     try:
-        if engine == "sequential":
+        if run_cfg["federation"]["mode"] == "gradient_average":
+            from training.federation.gradient_average import run_gradient_average  # deferred: this mode only
+
+            typer.echo("federation.mode=gradient_average: the in-process gradient-averaging engine (sites in turn)")
+            run_gradient_average(run_cfg, progress=progress)
+        elif engine == "sequential":
             from training.federation.sequential import run_sequential  # deferred: this engine only
 
             run_sequential(run_cfg, progress=progress)

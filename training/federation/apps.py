@@ -23,6 +23,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from training.federation.coordinator import run_coordinator
+from training.federation.payload import site_send_weights
 from training.federation.records import TARGET_LATENTS, audit_outgoing, from_record, to_record
 from training.federation.registry import family_from_config
 from training.federation.runconfig import load_run_config
@@ -69,15 +70,17 @@ def _handle(msg: Message, context: Context, train: bool) -> Message:
         latents = msg.content.array_records.get(TARGET_LATENTS)
         target = latents["latents"].numpy() if latents is not None else None
         update = family.train_site(site, arrays, global_round, state_dir, target_latents=target)
-        audit_outgoing(state_dir, site, global_round, update.arrays, update.num_examples)
-        metrics = {**update.metrics, "num-examples": int(update.num_examples)}
         if is_secure_message(msg):  # SecAgg+: secaggplus_mod masks these arrays before they leave the site
+            audit_outgoing(state_dir, site, global_round, update.arrays, update.num_examples)
             content = site_reply_content(update.arrays, update.num_examples, update.metrics,
                                          family.cfg.federation.secure_aggregation, site)
             content["site"] = ConfigRecord({"name": site})
             return Message(content=content, reply_to=msg)
+        data, payload = site_send_weights(update.arrays, arrays, family.cfg.federation.compression, state_dir, global_round)
+        audit_outgoing(state_dir, site, global_round, payload, update.num_examples)
+        metrics = {**update.metrics, "num-examples": int(update.num_examples), "bytes_sent": len(data)}
         content = RecordDict({
-            "arrays": to_record(update.arrays),
+            "arrays": to_record(payload),
             "metrics": MetricRecord({k: float(v) if k != "num-examples" else int(v) for k, v in metrics.items()}),
             "site": ConfigRecord({"name": site}),
         })

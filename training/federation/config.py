@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from mrcore.config import ConfigError
+from training.federation.compression import CompressionConfig
+
+MODES = ("fedavg", "gradient_average")
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,14 @@ class SecureAggregationConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    """Rounds of FedAvg (weighted by each site's number of examples)."""
+    """Rounds of FedAvg (weighted by each site's number of examples), or of Isik et al.'s gradient averaging.
+
+    mode : 'fedavg' (sites train ``local_epochs`` and send weights, or compressed weight deltas) or
+        'gradient_average' (every ``sync_every`` batches each site sends its generator gradient, the centre
+        averages them and takes one optimiser step; critics stay at the sites; one round = one pass over
+        each site's training data, as a FedAvg round with ``local_epochs: 1``).
+    compression : what a site does to its update before sending it (:mod:`training.federation.compression`).
+    """
 
     rounds: int = 10
     local_epochs: int = 1
@@ -71,10 +82,24 @@ class FederationConfig:
     evaluate_sites: bool = True
     round_timeout_s: float = 3600.0
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    mode: Literal["fedavg", "gradient_average"] = "fedavg"
+    sync_every: int = 1
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.local_epochs < 1:
             raise ConfigError("federation.rounds and federation.local_epochs must be >= 1")
+        if self.mode not in MODES:
+            raise ConfigError(f"federation.mode must be one of {MODES}, got {self.mode!r}")
+        if self.sync_every < 1:
+            raise ConfigError(f"federation.sync_every must be >= 1, got {self.sync_every}")
+        if self.mode == "gradient_average" and self.local_epochs != 1:
+            raise ConfigError("federation.local_epochs must be 1 with federation.mode=gradient_average "
+                              "(a round is one pass over each site's data)")
+        if self.secure_aggregation.enabled and (self.mode != "fedavg" or self.compression.kind != "none"):
+            raise ConfigError("federation.secure_aggregation runs with federation.mode=fedavg and "
+                              "federation.compression.kind=none only (SecAgg+ sums masked, quantized weights; "
+                              f"got mode={self.mode!r}, compression.kind={self.compression.kind!r})")
 
 
 def linear_lr_factor(server_round: int, rounds: int, final: float) -> float:

@@ -107,6 +107,9 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
 
     ``progress``: optional callable ``(round, record)`` called after every round (progress bars).
     """
+    if run_cfg["federation"].get("mode", "fedavg") != "fedavg":
+        raise ValueError(f"federation.mode={run_cfg['federation']['mode']!r} runs in-process with `mri-train federated` "
+                         "(training.federation.gradient_average); Flower rounds run federation.mode=fedavg only")
     family, run_dir, arrays, offset = start_run(run_cfg)
     text = yaml.safe_dump(run_cfg, sort_keys=True)
     total_rounds = int(run_cfg["federation"]["rounds"])
@@ -119,7 +122,8 @@ def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
     secure = SecAggPlusRound(secure_cfg, family.train_sites, timeout) if secure_cfg.enabled else None
     strategy = SiteFedAvg(describe(arrays), text, offset, len(family.train_sites),
                           evaluate_sites=bool(run_cfg["federation"].get("evaluate_sites", True)),
-                          target_site=family.target_site, query_timeout=timeout, secure=secure)
+                          target_site=family.target_site, query_timeout=timeout, secure=secure,
+                          compression=family.cfg.federation.compression)
     t_round = [time.perf_counter()]
     counting = CountingGrid(grid)
 

@@ -128,6 +128,12 @@ class Family(ABC):
     def plot_run(self, rows: list[dict], run_dir: Path) -> None:  # noqa: B027 - optional hook, empty by design
         """Optional family-specific plots of the run's metric rows (``metrics.jsonl``), called by the CLI."""
 
+    def gradient_site(self, site: str, state_dir: Path, server_round: int):
+        """Isik et al.'s gradient averaging (``federation.mode: gradient_average``): ``site``'s side of round
+        ``server_round``, an object with ``num_batches``, ``gradient(arrays, n) -> (gradients, examples)`` and
+        ``finish(server_round) -> mean training metrics`` (see :class:`training.recon.gradient_site.ReconGradientSite`)."""
+        raise NotImplementedError(f"family {self.name!r} has no gradient-averaging mode")
+
     def servable_models(self, arrays: Arrays) -> list:
         """The models to export for serving (:class:`training.export.ServableModel`), built from ``arrays``."""
         raise NotImplementedError(f"family {self.name!r} has no servable models")

@@ -20,7 +20,9 @@ import yaml
 
 from mrcore.durable import append_durable, write_json_durable
 from training.federation.checkpoints import checkpoint_path
+from training.federation.compression import CompressionConfig
 from training.federation.coordinator import start_run
+from training.federation.payload import centre_receive_weights, from_bytes, site_send_weights
 from training.federation.records import audit_outgoing, save_arrays
 from training.federation.registry import family_from_yaml
 
@@ -36,21 +38,26 @@ def fedavg(updates: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.nda
 
 
 def run_sequential(run_cfg: dict, progress: Callable[[int, dict], None] | None = None) -> dict[str, np.ndarray]:
-    """Run (or resume) ``run_cfg``'s rounds with the sites trained one after the other; the final weights."""
+    """Run (or resume) ``run_cfg``'s rounds with the sites trained one after the other; the final weights.
+
+    Each site's reply goes through the bytes Flower would send (``federation.compression`` applied, their
+    length logged as ``bytes_sent``) and the centre averages what it decodes from them."""
     if family_from_yaml(yaml.safe_dump(run_cfg, sort_keys=True)).target_site:
         raise ValueError("the sequential engine does not run FL-MRCM target sites; use --engine flower")
     family, run_dir, arrays, offset = start_run(run_cfg)
     total = int(run_cfg["federation"]["rounds"])
     evaluate_sites = bool(run_cfg["federation"].get("evaluate_sites", True))
+    comp = CompressionConfig(**run_cfg["federation"].get("compression", {}))
     for g in range(offset + 1, total + 1):
         t0 = time.perf_counter()
         updates, train, val = [], {}, {}
         for site in family.train_sites:
             state_dir = run_dir / "sites" / site
             update = family.train_site(site, arrays, g, state_dir)
-            audit_outgoing(state_dir, site, g, update.arrays, update.num_examples)
-            updates.append((update.arrays, update.num_examples))
-            train[site] = {**update.metrics, "num-examples": update.num_examples}
+            data, payload = site_send_weights(update.arrays, arrays, comp, state_dir, g)
+            audit_outgoing(state_dir, site, g, payload, update.num_examples)
+            updates.append((centre_receive_weights(from_bytes(data), arrays, comp), update.num_examples))
+            train[site] = {**update.metrics, "num-examples": update.num_examples, "bytes_sent": len(data)}
         arrays = fedavg(updates)
         if evaluate_sites:
             for site in family.train_sites:

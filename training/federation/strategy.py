@@ -6,6 +6,8 @@ On top of Flower's :class:`~flwr.serverapp.strategy.FedAvg` it
 * ships the run configuration to every site in the round's ``ConfigRecord``;
 * refuses a reply whose arrays are not exactly the expected shared weights (names, shapes, dtypes):
   a site that tried to send its critic, a discriminator or data would be rejected, not averaged;
+* with ``federation.compression`` (:mod:`.compression`), decodes each site's compressed weight delta back to
+  its weights first (a payload that is not exactly the configured one is refused the same way);
 * keeps per-site training and validation metrics for the run's metrics file;
 * stops the run when a site replies with a :class:`~training.federation.family.StopRun` error (for
   example a privacy budget that the next round would exceed); other failed replies are left out;
@@ -29,8 +31,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from training.federation.compression import CompressionConfig
 from training.federation.family import StopRun
-from training.federation.records import TARGET_LATENTS, to_record
+from training.federation.payload import centre_receive_weights
+from training.federation.records import TARGET_LATENTS, from_record, to_record
 from training.federation.secure import SecAggPlusRound, SecureAggregationError
 
 log = logging.getLogger(__name__)
@@ -56,7 +60,8 @@ class SiteFedAvg(FedAvg):
 
     def __init__(self, expected: dict[str, tuple[tuple[int, ...], str]], run_config_yaml: str,
                  round_offset: int, num_sites: int, evaluate_sites: bool = True, target_site: str | None = None,
-                 query_timeout: float = 3600.0, secure: SecAggPlusRound | None = None) -> None:
+                 query_timeout: float = 3600.0, secure: SecAggPlusRound | None = None,
+                 compression: CompressionConfig | None = None) -> None:
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0 if evaluate_sites else 0.0,
@@ -72,6 +77,8 @@ class SiteFedAvg(FedAvg):
         self.query_timeout = query_timeout
         self.secure = secure
         self._secure_result: tuple[ArrayRecord, dict[str, dict[str, float]]] | None = None
+        self.compression = compression or CompressionConfig()
+        self.round_arrays: dict[str, np.ndarray] = {}
         self.node_sites: dict[int, str] = {}
         self.site_train_metrics: dict[int, dict[str, dict[str, float]]] = {}
         self.site_eval_metrics: dict[int, dict[str, dict[str, float]]] = {}
@@ -84,6 +91,7 @@ class SiteFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         config = self._with_run_info(server_round, config)
+        self.round_arrays = from_record(arrays)  # compressed replies are deltas from these
         if self.target_site is None and self.secure is None:
             return super().configure_train(server_round, arrays, config, grid)
         config["server-round"] = server_round
@@ -186,6 +194,12 @@ class SiteFedAvg(FedAvg):
             if msg.has_error():
                 raise_if_stop(msg)
                 continue
+            if self.compression.kind != "none":  # a compressed delta: back to the site's weights
+                try:
+                    weights = centre_receive_weights(from_record(msg.content["arrays"]), self.round_arrays, self.compression)
+                except ValueError as exc:
+                    raise SharedWeightsViolation(f"site {site_of(msg)!r}: {exc}") from None
+                msg.content["arrays"] = to_record(weights)
             check_shared_arrays(msg.content["arrays"], self.expected)
             per_site[site_of(msg)] = dict(msg.content["metrics"])
         self.site_train_metrics[self.round_offset + server_round] = per_site

@@ -159,6 +159,9 @@ class ReconRunConfig:
 
     def __post_init__(self) -> None:
         check_device(self.device)
+        if self.federation.mode == "gradient_average" and self.mrcm.enabled:
+            raise ValueError("federation.mode=gradient_average cannot be combined with mrcm.enabled "
+                             "(FL-MRCM's target latents are exchanged per FedAvg round)")
         if self.mrcm.enabled:
             if self.data.pooled:
                 raise ValueError("mrcm.enabled needs federated sites; it cannot be combined with data.pooled")

@@ -28,10 +28,11 @@ from training.models import build_critic, build_generator
 from training.recon.config import ReconRunConfig
 from training.recon.data import ReconSlices, split_by_subject, spread
 from training.recon.export import servable_models
+from training.recon.gradient_site import ReconGradientSite
 from training.recon.loop import batch_metrics, reconstruct, train_epoch, volume_metrics
 from training.recon.mrcm import LatentAligner, as_target_tensor, new_identifier, pool_latent
 from training.recon.plots import plot_samples
-from training.recon.randomized import RandomizedBatches
+from training.recon.randomized import RandomizedBatches, site_loader
 from training.sites import derive_seed, load_site_state, open_site_source, save_site_state
 
 log = logging.getLogger(__name__)
@@ -283,9 +284,11 @@ class ReconFamily(Family):
     def servable_models(self, arrays: Arrays) -> list:
         return servable_models(self, arrays)
 
+    def gradient_site(self, site: str, state_dir: Path, server_round: int) -> ReconGradientSite:
+        """``site``'s side of a gradient-averaging round (:mod:`training.recon.gradient_site`)."""
+        return ReconGradientSite(self, site, state_dir, server_round)
+
 
 def _loader(ds: ReconSlices | RandomizedBatches, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
     """Batches of ``ds``: randomised datasets are already batches (one per item)."""
-    if isinstance(ds, RandomizedBatches):
-        return DataLoader(ds, batch_size=None)
-    return DataLoader(ds, batch_size=batch_size, shuffle=generator is not None, generator=generator)
+    return site_loader(ds, batch_size, generator)

@@ -62,44 +62,7 @@ def train_epoch(
     count = 0
     generator.train()
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        latent = None
-        if aligner is not None:
-            image, latent = generator(batch["kspace"], batch["mask"], return_latent=True)
-        else:
-            image = generator(batch["kspace"], batch["mask"])
-        fake = magnitude(image, eps=1e-12)
-        logs: dict[str, float] = {}
-        if objective.kind == "paired":
-            loss = l1_loss(fake, batch["target"])
-            logs["l1"] = float(loss.detach())
-            if objective.ssim_weight:
-                ls = ssim_loss(fake, batch["target"])
-                loss = loss + objective.ssim_weight * ls
-                logs["ssim_loss"] = float(ls.detach())
-        else:
-            assert critic is not None and opt_c is not None
-            real = next(labels)["target"].to(device) if objective.kind == "unpaired" else batch["target"]
-            for _ in range(objective.critic_steps):
-                opt_c.zero_grad(set_to_none=True)
-                lc = critic_loss(critic, critic_view(real), critic_view(fake.detach()), objective.gp_eta)
-                lc.backward()
-                opt_c.step()
-            logs["critic"] = float(lc.detach())
-            adv = generator_adversarial_loss(critic, critic_view(fake))
-            if objective.kind == "unpaired":
-                loss = adv
-            else:
-                lam = schedule(step)
-                l1 = l1_loss(fake, batch["target"])
-                loss = (1.0 - lam) * adv + lam * l1
-                logs["l1"], logs["lambda"] = float(l1.detach()), lam
-            logs["adv"] = float(adv.detach())
-        if aligner is not None:
-            logs["domain"] = aligner.identifier_step(latent)
-            align = aligner.generator_loss(latent)
-            loss = loss + align
-            logs["align"] = float(align.detach())
+        loss, logs = batch_loss(generator, critic, opt_c, batch, objective, schedule(step), labels, device, aligner)
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         if objective.grad_clip:
@@ -139,3 +102,60 @@ def batch_metrics(generator: nn.Module, loader: DataLoader) -> dict[str, float]:
         target = batch["target"].numpy()
         rows += [volume_metrics(out[i:i + 1], target[i:i + 1], np.zeros(1)) for i in range(len(target))]
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def batch_loss(
+    generator: nn.Module,
+    critic: nn.Module | None,
+    opt_c: torch.optim.Optimizer | None,
+    batch: dict,
+    objective: ObjectiveConfig,
+    lam: float,
+    labels: Iterator[dict] | None = None,
+    device: torch.device | str = "cpu",
+    aligner: LatentAligner | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The generator's loss on one ``batch`` (scalar tensor, not yet backpropagated) and its logged terms.
+
+    Adversarial objectives first train the critic ``objective.critic_steps`` times on this batch (the
+    critic's optimiser steps here; it stays at the site). ``lam``: the hybrid L1 weight of this batch;
+    ``labels``: endless iterator of unpaired label batches; ``aligner``: FL-MRCM (its identifier steps too).
+    """
+    batch = {k: v.to(device) for k, v in batch.items()}
+    latent = None
+    if aligner is not None:
+        image, latent = generator(batch["kspace"], batch["mask"], return_latent=True)
+    else:
+        image = generator(batch["kspace"], batch["mask"])
+    fake = magnitude(image, eps=1e-12)
+    logs: dict[str, float] = {}
+    if objective.kind == "paired":
+        loss = l1_loss(fake, batch["target"])
+        logs["l1"] = float(loss.detach())
+        if objective.ssim_weight:
+            ls = ssim_loss(fake, batch["target"])
+            loss = loss + objective.ssim_weight * ls
+            logs["ssim_loss"] = float(ls.detach())
+    else:
+        assert critic is not None and opt_c is not None
+        real = next(labels)["target"].to(device) if objective.kind == "unpaired" and labels is not None else batch["target"]
+        for _ in range(objective.critic_steps):
+            opt_c.zero_grad(set_to_none=True)
+            lc = critic_loss(critic, critic_view(real), critic_view(fake.detach()), objective.gp_eta)
+            lc.backward()
+            opt_c.step()
+        logs["critic"] = float(lc.detach())
+        adv = generator_adversarial_loss(critic, critic_view(fake))
+        if objective.kind == "unpaired":
+            loss = adv
+        else:
+            l1 = l1_loss(fake, batch["target"])
+            loss = (1.0 - lam) * adv + lam * l1
+            logs["l1"], logs["lambda"] = float(l1.detach()), lam
+        logs["adv"] = float(adv.detach())
+    if aligner is not None:
+        logs["domain"] = aligner.identifier_step(latent)
+        align = aligner.generator_loss(latent)
+        loss = loss + align
+        logs["align"] = float(align.detach())
+    return loss, logs

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from mrcore.coils import compress_coils
 from mrcore.data.randomize import Example, RandomizationConfig, draw_example, draw_geometry, draw_mask
@@ -79,3 +79,11 @@ class RandomizedBatches(Dataset):
         batch = _to_tensors(examples, self.virtual_coils)
         batch["subject"] = batch["subject"] + i * self.batch_size
         return batch
+
+
+def site_loader(ds: Dataset, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
+    """Batches of a site's dataset: randomised datasets are already batches (one per item); slice datasets
+    are batched by ``batch_size`` and shuffled with ``generator`` when one is given."""
+    if isinstance(ds, RandomizedBatches):
+        return DataLoader(ds, batch_size=None)
+    return DataLoader(ds, batch_size=batch_size, shuffle=generator is not None, generator=generator)

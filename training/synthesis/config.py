@@ -207,3 +207,6 @@ class SynthesisRunConfig:
 
     def __post_init__(self) -> None:
         check_device(self.device)
+        if self.federation.mode != "fedavg":
+            raise ConfigError(f"federation.mode={self.federation.mode!r} is implemented for the recon family only; "
+                              "synthesis runs use 'fedavg' (compression of its weight deltas works)")

@@ -1,0 +1,129 @@
+"""Isik et al.'s distributed WGAN: the centre averages the sites' generator *gradients* and steps once.
+
+``mri-train federated`` runs this engine when the configuration says ``federation.mode: gradient_average``.
+One round (checkpoint, metrics row, evaluation) is one pass over each site's training data, as a FedAvg round
+with ``local_epochs: 1``; it is made of ``ceil(batches / sync_every)`` synchronisation steps. At each step
+
+1. every site gets the current generator weights, runs its next ``sync_every`` batches (its critic, which
+   never leaves it, steps on each) and sends the generator's gradient averaged over them, compressed with
+   ``federation.compression`` (error-feedback residual kept at the site) and serialised as Flower serialises
+   an ``ArrayRecord``;
+2. the centre decodes each site's bytes, averages the gradients weighted by examples, clips them
+   (``objective.grad_clip``) and takes one Adam step (``objective.lr``, ``betas``, linear decay to
+   ``lr_final``) on the generator; its Adam state is checkpointed with the weights.
+
+In-process (the sites in turn in this process, like ``--engine sequential``): a Flower round per
+synchronisation step costs a round trip of messages and a rebuild of each site's data and models for every
+batch, which on this CPU is slower than the batch itself (``docs/federation.md``). The bytes each site sends
+are the bytes Flower would send; the centre decodes exactly those bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mrcore.durable import append_durable, durable_path, write_json_durable
+from training.federation.checkpoints import checkpoint_path
+from training.federation.compression import CompressionConfig, shapes_of, weighted_mean
+from training.federation.config import linear_lr_factor
+from training.federation.coordinator import start_run
+from training.federation.payload import centre_decode, site_encode
+from training.federation.records import audit_outgoing, save_arrays
+
+log = logging.getLogger(__name__)
+
+
+class CentreOptimizer:
+    """The centre's copy of the generator weights and its Adam optimiser (state saved with each checkpoint)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], objective: dict) -> None:
+        self.params = {k: torch.nn.Parameter(torch.from_numpy(np.array(v, np.float32))) for k, v in arrays.items()}
+        self.dtypes = {k: np.asarray(v).dtype for k, v in arrays.items()}
+        self.lr = float(objective["lr"])
+        self.grad_clip = float(objective.get("grad_clip", 0.0))
+        self.opt = torch.optim.Adam(list(self.params.values()), lr=self.lr, betas=tuple(objective.get("betas", (0.9, 0.999))))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The current weights (original dtypes)."""
+        return {k: p.detach().numpy().astype(self.dtypes[k]) for k, p in self.params.items()}
+
+    def step(self, gradient: dict[str, np.ndarray], lr_factor: float) -> None:
+        """One optimiser step with the averaged ``gradient`` (name -> float32, shapes of the weights)."""
+        for k, p in self.params.items():
+            p.grad = torch.from_numpy(np.asarray(gradient[k], np.float32)).reshape(p.shape)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.grad_clip)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr * lr_factor
+        self.opt.step()
+
+    def save(self, path: Path) -> None:
+        """Adam's state, crash-safely."""
+        with durable_path(path) as tmp:
+            torch.save(self.opt.state_dict(), tmp)
+
+    def load(self, path: Path) -> None:
+        """Adam's state from :meth:`save` (the weights come from the checkpoint)."""
+        self.opt.load_state_dict(torch.load(path, weights_only=True))
+
+
+def optimizer_path(run_dir: Path, server_round: int) -> Path:
+    """``checkpoints/round_NNN.adam.pt``: the centre's optimiser state after that round."""
+    return checkpoint_path(run_dir, server_round, ".adam.pt")
+
+
+def run_gradient_average(run_cfg: dict, progress: Callable[[int, dict], None] | None = None) -> dict[str, np.ndarray]:
+    """Run (or resume) ``run_cfg``'s rounds in gradient-averaging mode; return the final weights."""
+    family, run_dir, arrays, offset = start_run(run_cfg)
+    fed = run_cfg["federation"]
+    comp = CompressionConfig(**fed.get("compression", {}))
+    total, k = int(fed["rounds"]), int(fed.get("sync_every", 1))
+    centre = CentreOptimizer(arrays, run_cfg["objective"])
+    if offset and optimizer_path(run_dir, offset).exists():
+        centre.load(optimizer_path(run_dir, offset))
+    shapes = shapes_of(arrays)
+    for g in range(offset + 1, total + 1):
+        t0 = time.perf_counter()
+        lr_factor = linear_lr_factor(g, total, float(run_cfg["objective"].get("lr_final", 1.0)))
+        sites = {s: family.gradient_site(s, run_dir / "sites" / s, g) for s in family.train_sites}
+        syncs = math.ceil(max(site.num_batches for site in sites.values()) / k)
+        sent = dict.fromkeys(sites, 0)
+        for j in range(syncs):
+            current, received = centre.arrays(), []
+            for name, site in sites.items():
+                grads, examples = site.gradient(current, k)
+                data, payload = site_encode(grads, comp, site.state_dir, (g - 1) * syncs + j + 1)
+                audit_outgoing(site.state_dir, name, g, payload, examples)
+                sent[name] += len(data)
+                received.append((centre_decode(data, shapes, comp), examples))
+            centre.step(weighted_mean(received), lr_factor)
+        arrays = centre.arrays()
+        train = {name: {**site.finish(g), "bytes_sent": sent[name], "bytes_per_send": sent[name] / syncs,
+                        "sends": syncs} for name, site in sites.items()}
+        _finish_round(family, run_dir, g, arrays, centre, train, t0, bool(fed.get("evaluate_sites", True)), progress)
+    return arrays
+
+
+def _finish_round(family, run_dir: Path, g: int, arrays, centre: CentreOptimizer, train: dict, t0: float,
+                  evaluate_sites: bool, progress) -> None:
+    """Checkpoint (weights, Adam state, metrics record), evaluate and log round ``g``."""
+    val = {s: {**family.evaluate_site(s, arrays), "num-examples": 1} for s in family.train_sites} if evaluate_sites else {}
+    save_arrays(arrays, checkpoint_path(run_dir, g))
+    centre.save(optimizer_path(run_dir, g))
+    heldout = family.evaluate_heldout(arrays)
+    family.write_artifacts(arrays, g, run_dir)
+    row = {"round": g, "seconds": round(time.perf_counter() - t0, 2), "train": train, "val": val,
+           "heldout": heldout, "engine": "gradient_average"}
+    append_durable(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
+    write_json_durable(checkpoint_path(run_dir, g, ".json"), row, indent=1)
+    log.info("round %d: %s", g, heldout)
+    if progress is not None:
+        progress(g, row)
