@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -34,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from serving.supervisor import stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +196,7 @@ class OrthancServer:
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM its process group, SIGKILL after ``timeout_s``."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
+        stop_process_group(proc, timeout_s)
 
     def __enter__(self) -> OrthancServer:
         return self.start()

@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -33,6 +32,7 @@ import pytriton
 import tritonclient.http as httpclient
 
 from .repository import ModelEntry, check_repository
+from .supervisor import stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -231,15 +231,7 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 15.0) -> None:
         proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
+        stop_process_group(proc, timeout_s)
         removed = cleanup_shared_memory(self.shm_prefix)
         if removed:
             log.info("removed %d shared-memory region(s) of the python backend", removed)

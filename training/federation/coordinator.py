@@ -102,6 +102,22 @@ def start_run(run_cfg: dict):
     return family, run_dir, arrays, offset
 
 
+def record_round(family, run_dir: Path, g: int, arrays, row: dict, progress=None) -> dict:
+    """The end of round ``g`` of an in-process engine (sequential, gradient averaging): checkpoint ``arrays``,
+    evaluate the held-out site, write the artefacts, append ``row`` (with ``round`` and ``heldout``) to
+    metrics.jsonl and the round's JSON, log and report progress. Returns the row."""
+    save_arrays(arrays, checkpoint_path(run_dir, g))
+    heldout = family.evaluate_heldout(arrays)
+    family.write_artifacts(arrays, g, run_dir)
+    row = {"round": g, **row, "heldout": heldout}
+    append_durable(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
+    write_json_durable(checkpoint_path(run_dir, g, ".json"), row, indent=1)
+    log.info("round %d: %s", g, heldout)
+    if progress is not None:
+        progress(g, row)
+    return row
+
+
 def run_coordinator(grid: Grid, run_cfg: dict, progress=None) -> Arrays:
     """Run (or resume) the rounds of ``run_cfg``; return the final shared weights.
 

@@ -20,7 +20,6 @@ are the bytes Flower would send; the centre decodes exactly those bytes.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -30,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrcore.durable import append_durable, durable_path, write_json_durable
+from mrcore.durable import durable_path
 from training.federation.checkpoints import checkpoint_path
 from training.federation.compression import CompressionConfig, shapes_of, weighted_mean
 from training.federation.config import linear_lr_factor
-from training.federation.coordinator import start_run
+from training.federation.coordinator import record_round, start_run
 from training.federation.payload import centre_decode, site_encode
-from training.federation.records import audit_outgoing, save_arrays
+from training.federation.records import audit_outgoing
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +115,6 @@ def _finish_round(family, run_dir: Path, g: int, arrays, centre: CentreOptimizer
                   evaluate_sites: bool, progress) -> None:
     """Checkpoint (weights, Adam state, metrics record), evaluate and log round ``g``."""
     val = {s: {**family.evaluate_site(s, arrays), "num-examples": 1} for s in family.train_sites} if evaluate_sites else {}
-    save_arrays(arrays, checkpoint_path(run_dir, g))
     centre.save(optimizer_path(run_dir, g))
-    heldout = family.evaluate_heldout(arrays)
-    family.write_artifacts(arrays, g, run_dir)
-    row = {"round": g, "seconds": round(time.perf_counter() - t0, 2), "train": train, "val": val,
-           "heldout": heldout, "engine": "gradient_average"}
-    append_durable(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
-    write_json_durable(checkpoint_path(run_dir, g, ".json"), row, indent=1)
-    log.info("round %d: %s", g, heldout)
-    if progress is not None:
-        progress(g, row)
+    record_round(family, run_dir, g, arrays, {"seconds": round(time.perf_counter() - t0, 2), "train": train,
+                                              "val": val, "engine": "gradient_average"}, progress)

@@ -10,7 +10,6 @@ side, so a round takes the sum of the sites' times.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,12 +17,10 @@ from collections.abc import Callable
 import numpy as np
 import yaml
 
-from mrcore.durable import append_durable, write_json_durable
-from training.federation.checkpoints import checkpoint_path
 from training.federation.compression import CompressionConfig
-from training.federation.coordinator import start_run
+from training.federation.coordinator import record_round, start_run
 from training.federation.payload import centre_receive_weights, from_bytes, site_send_weights
-from training.federation.records import audit_outgoing, save_arrays
+from training.federation.records import audit_outgoing
 from training.federation.registry import family_from_yaml
 
 log = logging.getLogger(__name__)
@@ -62,14 +59,6 @@ def run_sequential(run_cfg: dict, progress: Callable[[int, dict], None] | None =
         if evaluate_sites:
             for site in family.train_sites:
                 val[site] = {**family.evaluate_site(site, arrays), "num-examples": 1}
-        save_arrays(arrays, checkpoint_path(run_dir, g))
-        heldout = family.evaluate_heldout(arrays)
-        family.write_artifacts(arrays, g, run_dir)
-        row = {"round": g, "seconds": round(time.perf_counter() - t0, 2), "train": train, "val": val,
-               "heldout": heldout, "engine": "sequential"}
-        append_durable(run_dir / "metrics.jsonl", json.dumps(row) + "\n")
-        write_json_durable(checkpoint_path(run_dir, g, ".json"), row, indent=1)
-        log.info("round %d: %s", g, heldout)
-        if progress is not None:
-            progress(g, row)
+        record_round(family, run_dir, g, arrays, {"seconds": round(time.perf_counter() - t0, 2), "train": train,
+                                                  "val": val, "engine": "sequential"}, progress)
     return arrays
