@@ -30,6 +30,7 @@ import typer
 import yaml
 
 from mrcore.config import ConfigError, read_config_file
+from mrcore.durable import write_durable
 from serving.logs import configure_logging
 from serving.orthanc import (
     Modality,
@@ -101,13 +102,10 @@ def node_config_for(node_config: dict[str, Any], destination: str, orthanc: Orth
 
 
 def write_private(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` with mode 0600 (it may name hosts and ports of the site)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    tmp.replace(path)
+    """Write ``text`` to ``path`` crash-safely with mode 0600 in a 0700 directory (it may name hosts and ports of
+    the site, and the PACS it delivers patient data to)."""
+    write_durable(path, text, mode=0o600, dir_mode=0o700)
+    path.parent.chmod(0o700)  # also when the directory was there before
     return path
 
 

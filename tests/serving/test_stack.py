@@ -211,6 +211,10 @@ def test_orthanc_sends_to_the_node_and_the_viewer_shows_both_series(stack, tmp_p
     assert sorted(study["Series"]) == sorted([source["ID"], derived[0]["ID"]])
     descriptions = [source["MainDicomTags"]["SeriesDescription"], derived[0]["MainDicomTags"]["SeriesDescription"]]
     assert "synthetic T2w" in descriptions[1]
+    # patient data at rest, after a series went through: nothing the node or Orthanc stored is readable by others
+    for store in (stack.tmp / "node", stack.orthanc_dir, stack.tmp / "state"):
+        found = subprocess.run(["find", str(store), "-perm", "/o+r"], capture_output=True, text=True, check=True)
+        assert found.stdout == "", f"readable by other users under {store}: {found.stdout[:500]}"
     # Orthanc Explorer's page of the study lists both series (each links to the web viewer) ...
     dom, shot = browse(stack, f"app/explorer.html#study?uuid={source['ParentStudy']}", tmp_path / "study.png")
     for d in descriptions:
