@@ -13,27 +13,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from training.federation.family import Arrays
+from training.federation.family import Arrays, Family
 from training.models import build_critic
 from training.objectives import HybridSchedule
 from training.recon.loop import _cycle, batch_loss
 from training.recon.randomized import site_loader
 from training.sites import derive_seed, load_site_state, save_site_state
 
-if TYPE_CHECKING:
-    from training.recon.family import ReconFamily
-
 
 class ReconGradientSite:
-    """A site's side of one gradient-averaging round (see the module docstring)."""
+    """A site's side of one gradient-averaging round (see the module docstring); ``family`` is the
+    :class:`~training.recon.family.ReconFamily` that builds it."""
 
-    def __init__(self, family: ReconFamily, site: str, state_dir: Path, server_round: int) -> None:
+    def __init__(self, family: Family, site: str, state_dir: Path, server_round: int) -> None:
         cfg, obj = family.cfg, family.cfg.objective
         self.family, self.site, self.state_dir, self.obj = family, site, Path(state_dir), obj
         site_no = family.train_sites.index(site)
