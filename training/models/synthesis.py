@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from .blocks import ResidualBlock, UNet, UpBlock, make_norm
 
 #: generator architectures understood by :func:`build_synthesis_generator`
-SYNTHESIS_GENERATORS: tuple[str, ...] = ("resnet", "unet")
+SYNTHESIS_GENERATORS: tuple[str, ...] = ("resnet", "unet", "curve")
 
 #: small constant added to the per-image mean before dividing (an all-zero image stays finite)
 NORM_EPS = 1e-6
@@ -103,6 +103,46 @@ class UNetSynthesisGenerator(nn.Module):
         return x + self.unet(x) if self.residual else self.unet(x)
 
 
+class TissueCurve(nn.Module):
+    """A learned intensity transfer curve applied pixel by pixel: ``[B, 1, H, W] -> [B, 1, H, W]``.
+
+    Three ``1x1`` convolutions (``1 -> hidden -> hidden -> 1``, LeakyReLU): a smooth function of the normalised
+    source intensity alone. The signal equations make each pure tissue's target signal a function of its source
+    signal, and partial-volume voxels mix linearly between them, so this curve carries most of a contrast
+    translation with a few hundred parameters (little DP noise, nothing to over-fit to a simulator's textures).
+    """
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        act = nn.LeakyReLU(0.2)
+        self.net = nn.Sequential(nn.Conv2d(1, hidden, 1), act, nn.Conv2d(hidden, hidden, 1), act, nn.Conv2d(hidden, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CurveContextGenerator(nn.Module):
+    """``curve(x) + context(x)``: a :class:`TissueCurve` plus a small :class:`ResnetGenerator` for what a pixel's
+    intensity alone cannot tell (edges, partial volume, which tissue a mid-grey voxel belongs to).
+
+    The context network's last convolution starts at zero, so training starts from the pure curve. Its ``norm``
+    should be ``'none'``: a per-image normalisation (InstanceNorm) sees different statistics on training
+    patches than on whole served slices, which shifted the output of earlier generators on real series.
+    ``[B, 1, H, W] -> [B, 1, H, W]`` in normalised units, any ``H, W >= 16``.
+    """
+
+    def __init__(self, hidden: int = 16, chans: int = 8, num_downs: int = 2, num_res_blocks: int = 1,
+                 norm: str = "none") -> None:
+        super().__init__()
+        self.curve = TissueCurve(hidden)
+        self.context = ResnetGenerator(chans=chans, num_downs=num_downs, num_res_blocks=num_res_blocks, norm=norm)
+        nn.init.zeros_(self.context.tail.weight)
+        nn.init.zeros_(self.context.tail.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.curve(x) + self.context(x)
+
+
 class PatchDiscriminator(nn.Module):
     """PatchGAN discriminator (pix2pix/CycleGAN): ``[B, 1, H, W]`` -> patch logits ``[B, 1, h, w]``.
 
@@ -136,15 +176,20 @@ class CycleGenerators(nn.Module):
         self.g_ab = g_ab
         self.g_ba = g_ba
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, identity: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, a: torch.Tensor, b: torch.Tensor, identity: bool = False, curves: bool = False) -> dict[str, torch.Tensor]:
         """All generator outputs of one CycleGAN step for normalised ``a, b: [B, 1, H, W]`` (sample i of ``a``
-        and of ``b`` belong to the same training record, so per-sample gradients are per record)."""
+        and of ``b`` belong to the same training record, so per-sample gradients are per record); with
+        :class:`CurveContextGenerator` s and ``curves`` also their tissue curves alone (``curve_b``, ``curve_a``;
+        only when a loss uses them: Opacus needs every forward call of a module to take part in the backward)."""
         fake_b = self.g_ab(a)
         fake_a = self.g_ba(b)
         out = {"fake_b": fake_b, "fake_a": fake_a, "rec_a": self.g_ba(fake_b), "rec_b": self.g_ab(fake_a)}
         if identity:
             out["idt_b"] = self.g_ab(b)
             out["idt_a"] = self.g_ba(a)
+        if curves and isinstance(self.g_ab, CurveContextGenerator) and isinstance(self.g_ba, CurveContextGenerator):
+            out["curve_b"] = self.g_ab.curve(a)  # the tissue curves alone (objective.curve_weight)
+            out["curve_a"] = self.g_ba.curve(b)
         return out
 
 
@@ -167,9 +212,14 @@ class SynthesisExport(nn.Module):
 
 
 def build_synthesis_generator(name: str, chans: int = 16, depth: int = 2, num_res_blocks: int = 4,
-                              norm: str = "instance", residual: bool = False) -> nn.Module:
-    """Generator by name: ``'resnet'`` (:class:`ResnetGenerator`) or ``'unet'`` (:class:`UNetSynthesisGenerator`);
-    ``depth`` = number of down/up-sampling steps; ``residual``: ``x + net(x)``."""
+                              norm: str = "instance", residual: bool = False, curve_hidden: int = 16) -> nn.Module:
+    """Generator by name: ``'resnet'`` (:class:`ResnetGenerator`), ``'unet'`` (:class:`UNetSynthesisGenerator`) or
+    ``'curve'`` (:class:`CurveContextGenerator`, ``curve_hidden`` units in its tissue curve); ``depth`` = number of
+    down/up-sampling steps; ``residual``: ``x + net(x)`` (not for 'curve')."""
+    if name == "curve":
+        if residual:
+            raise ValueError("model.residual does not apply to the 'curve' generator (its curve starts the map)")
+        return CurveContextGenerator(curve_hidden, chans, depth, num_res_blocks, norm)
     if name == "resnet":
         return ResnetGenerator(chans=chans, num_downs=depth, num_res_blocks=num_res_blocks, norm=norm, residual=residual)
     if name == "unet":

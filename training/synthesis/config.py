@@ -126,12 +126,13 @@ class AugmentConfig:
 class SynthesisModelConfig:
     """CycleGAN generators (both the same architecture) and PatchGAN discriminators."""
 
-    generator: Literal["resnet", "unet"] = "resnet"
+    generator: Literal["resnet", "unet", "curve"] = "resnet"
     chans: int = 4
     depth: int = 2                  # down/up-sampling steps
     num_res_blocks: int = 1         # resnet only
-    norm: Literal["instance", "group"] = "instance"
+    norm: Literal["instance", "group", "none"] = "instance"
     residual: bool = False          # generators predict x + net(x) (start from the identity map)
+    curve_hidden: int = 16          # 'curve' generator: units of its pixel-wise tissue curve
     disc_chans: int = 8
     disc_layers: int = 3
     init_weights: str | None = None  # generators' starting weights pretrained outside the run's sites
@@ -140,6 +141,10 @@ class SynthesisModelConfig:
     def __post_init__(self) -> None:
         if self.init_weights is not None and not str(self.init_weights).endswith(".npz"):
             raise ConfigError(f"model.init_weights must be a .npz file written by `mri-train publish-init`, got {self.init_weights!r}")
+        if self.generator == "curve" and self.residual:
+            raise ConfigError("model.residual applies to 'resnet' and 'unet'; the 'curve' generator starts from its curve")
+        if self.curve_hidden < 1:
+            raise ConfigError(f"model.curve_hidden must be >= 1, got {self.curve_hidden}")
         if self.chans < 1 or self.depth < 0 or self.num_res_blocks < 0 or self.disc_chans < 1 or self.disc_layers < 1:
             raise ConfigError("model.chans, model.disc_chans, model.disc_layers must be >= 1, depth/num_res_blocks >= 0")
 
@@ -152,6 +157,8 @@ class SynthesisObjectiveConfig:
     cycle_weight: float = 10.0
     identity_weight: float = 0.0     # times cycle_weight, as in CycleGAN (0.5 there); 0 = off
     paired_l1_weight: float = 40.0   # on the paired records only; 0 = off
+    curve_weight: float = 0.0        # 'curve' generators: L1 of the tissue curve alone on the paired records, so the
+                                     # curve (not the context network) carries the contrast; 0 = off
     lr: float = 1e-2
     disc_lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -168,7 +175,7 @@ class SynthesisObjectiveConfig:
         return 1.0 + t * (self.lr_final - 1.0)
 
     def __post_init__(self) -> None:
-        for k in ("gan_weight", "cycle_weight", "identity_weight", "paired_l1_weight"):
+        for k in ("gan_weight", "cycle_weight", "identity_weight", "paired_l1_weight", "curve_weight"):
             if getattr(self, k) < 0:
                 raise ConfigError(f"objective.{k} must be >= 0, got {getattr(self, k)}")
         if not self.lr > 0 or not self.disc_lr > 0 or self.batch_size < 1:

@@ -145,7 +145,7 @@ class SynthesisFamily(Family):
 
     def new_generator(self) -> torch.nn.Module:
         m = self.cfg.model
-        return build_synthesis_generator(m.generator, m.chans, m.depth, m.num_res_blocks, m.norm, m.residual)
+        return build_synthesis_generator(m.generator, m.chans, m.depth, m.num_res_blocks, m.norm, m.residual, m.curve_hidden)
 
     def new_generators(self) -> CycleGenerators:
         return CycleGenerators(self.new_generator(), self.new_generator())

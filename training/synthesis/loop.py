@@ -41,6 +41,10 @@ def generator_loss(out: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tenso
         idt = _per_sample_mean((out["idt_b"] - b).abs()) + _per_sample_mean((out["idt_a"] - a).abs())
         per_sample = per_sample + obj.identity_weight * obj.cycle_weight * idt
         logs["identity"] = float(idt.detach().mean())
+    if "curve_b" in out and obj.curve_weight > 0:  # the tissue curve alone fits the paired target, too
+        curve = _per_sample_mean((out["curve_b"] - b).abs()) + _per_sample_mean((out["curve_a"] - a).abs())
+        per_sample = per_sample + obj.curve_weight * paired * curve
+        logs["curve_l1"] = float((curve.detach() * paired).sum() / paired.sum().clamp(min=1))
     if bool(paired.any()):
         logs["paired_l1"] = float((l1.detach() * paired).sum() / paired.sum())
     loss = per_sample.mean()
@@ -107,7 +111,7 @@ def train_epoch(gens: nn.Module, d_a: nn.Module, d_b: nn.Module, opt_g: torch.op
         fakes_a, fakes_b, logs = [], [], {}
         for i, part in enumerate(chunks):
             m = part.stop - part.start
-            out = gens(a[part], b[part], identity=identity)
+            out = gens(a[part], b[part], identity=identity, curves=obj.curve_weight > 0)
             loss, part_logs = generator_loss(out, a[part], b[part], paired[part], d_a, d_b, obj)
             if not private:  # the batch mean; Opacus' per-sample gradients undo each chunk's mean itself
                 loss = loss * (m / n)
