@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import pytest
 
-from mrcore.data.phantom import PhantomConfig, PhantomSource
+from mrcore.data.phantom import PhantomConfig, generate_subject, subject_protocol
 from mrcore.data.randomize import RandomizationConfig, _draw_image, natural_image
 from mrcore.intensity import NormalisationError, normalise_series
 from mrcore.synthesis_input import (
@@ -21,15 +21,22 @@ from mrcore.synthesis_input import (
 
 
 @functools.lru_cache(maxsize=1)
-def _phantom() -> PhantomSource:
-    return PhantomSource(PhantomConfig(seed=1, sites=("hospital-a",), subjects_per_site=1, slices_per_subject=24,
-                                       matrix=(128, 128), cache_dir=None))
+def _subject() -> dict[str, np.ndarray]:
+    config = PhantomConfig(seed=1, sites=("hospital-b",), subjects_per_site=1, slices_per_subject=24,
+                           matrix=(128, 128), cache_dir=None)
+    volume = generate_subject(config, "hospital-b", 0)[10:14]  # [4 central slices, contrast, y, x]
+    contrasts = subject_protocol(config, "hospital-b", 0).contrasts
+    return {c: np.abs(volume[:, i]) for i, c in enumerate(contrasts)}
 
 
 def phantom_series(contrast: str) -> np.ndarray:
-    """float32 [4, 128, 128]: four central slices of the phantom subject (with skull, Rician noise), any scale."""
-    src = _phantom()
-    return 1234.5 * np.stack([src.image(src.sites[0], i, contrast) for i in range(10, 14)]).astype(np.float32)
+    """float32 [4, 128, 128]: four central slices of a phantom subject (with skull; magnitude with 2 % complex
+    Gaussian noise, i.e. Rician), at an arbitrary scale."""
+    clean = _subject()[contrast]
+    rng = np.random.default_rng(0)
+    sigma = 0.02 * float(np.percentile(clean, 99))
+    noisy = np.abs(clean + rng.normal(0, sigma, clean.shape) + 1j * rng.normal(0, sigma, clean.shape))
+    return (1234.5 * noisy).astype(np.float32)
 
 
 def check(volume: np.ndarray, expected: str = "T1w"):
