@@ -17,7 +17,16 @@ from serving.api.errors import ApiError
 from serving.api.inputs import check_contrast, parse_recon, parse_synth
 from serving.api.outputs import Rendered, negotiate
 from serving.api.pipeline import ReconOptions, SynthOptions, reconstruct, synthesize
-from serving.api.schemas import RECON_HEADERS, SYNTH_HEADERS, UPLOAD_ERRORS, ErrorOut, JobList, JobOut, binary_responses, body_spec
+from serving.api.schemas import (
+    RECON_HEADERS,
+    SYNTH_HEADERS,
+    UPLOAD_ERRORS,
+    ErrorOut,
+    JobList,
+    JobOut,
+    binary_responses,
+    body_spec,
+)
 from serving.api.uploads import read_upload
 from serving.client import UnknownModel, synthesis_model_name
 
