@@ -11,7 +11,7 @@ median by :func:`mrcore.intensity.normalise_series`) and the contrast the route 
   distribution; the answer is made and carries the warning (REST ``X-Synthesis-Warning``, DICOM
   ``ImageComments``).
 
-Features (all in normalised units, computed on the *central slab*: the slices whose head object is at least
+Features (all in normalised units, on at most 48 evenly spaced slices of the series, computed on the *central slab*: the slices whose head object is at least
 half the largest one's area; the head object of a slice is its largest connected foreground component,
 holes filled):
 
@@ -74,6 +74,7 @@ _INTERIOR_DEPTH = 0.2   # interior: deeper than this fraction of the object's eq
 _DARK = 0.6             # dark voxels: below this x the interior median
 _SYMMETRY_SIZE = 64     # the symmetry is measured on slices resized to this many pixels (longest side)
 _SYMMETRY_SLICES = 16   # ... on at most this many slices of the slab, evenly spaced
+_MAX_SLICES = 48        # a longer series is examined on this many evenly spaced slices
 
 
 class SynthesisInputError(ValueError):
@@ -183,6 +184,8 @@ def input_features(normalised: np.ndarray) -> InputFeatures:
         n = n[None]
     if n.ndim != 3 or 0 in n.shape:
         raise ValueError(f"normalised must be float32 [slices, rows, cols], got {list(n.shape)}")
+    if n.shape[0] > _MAX_SLICES:
+        n = n[np.unique(np.linspace(0, n.shape[0] - 1, _MAX_SLICES).round().astype(int))]
     nan = float("nan")
     fg = n > 0.1 * float(np.percentile(n, 99.5))  # mrcore.intensity.foreground_mask's rule
     obj = _head_objects(n, fg)

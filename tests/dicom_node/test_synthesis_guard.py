@@ -80,8 +80,8 @@ def test_t2w_sent_to_the_t1w_route_is_answered_with_the_warning_in_every_instanc
 def test_a_series_with_no_head_fails_the_job_with_the_reason_and_sends_nothing(tmp_path, destination):
     node = _node(tmp_path, destination[0])
     try:
-        camera = natural_image("camera")
-        _send(tmp_path, node, np.stack([camera, camera, camera]).astype(np.float32))
+        grass = natural_image("grass")
+        _send(tmp_path, node, np.stack([grass, grass, grass]).astype(np.float32))
         wait_for(lambda: bool(node.queue.jobs()) and node.queue.jobs()[0].state == "failed", 60, "job failed")
         job = node.queue.jobs()[0]
         assert job.attempts == 1 and job.result_dir is None  # refused at once, not retried

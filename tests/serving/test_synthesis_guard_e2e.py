@@ -62,8 +62,8 @@ def test_a_t1w_series_on_its_route_has_no_warning(http):
 
 
 def test_a_series_with_no_head_is_refused_naming_the_reason(http):
-    camera = natural_image("camera")
-    err = assert_error(http.post(SYNTH, content=npy_bytes(np.stack([camera, camera]).astype(np.float32))), 422,
+    grass = natural_image("grass")
+    err = assert_error(http.post(SYNTH, content=npy_bytes(np.stack([grass, grass]).astype(np.float32))), 422,
                        "PixelData", "no_head")
     assert "no head in the source series" in err["error"] and "field of view" in err["error"]
     assert "axial brain series" in err["expected"]
@@ -96,9 +96,9 @@ def test_jobs_carry_the_warnings_and_the_refusal(http):
     assert result.status_code == 200 and _warnings(result) == done["synthesis_warnings"]
     r = http.post("/v1/jobs/synthesize?source=T1w&target=T2w&format=npy", content=npy_bytes(phantom_series("T1w")))
     assert _wait(http, r.json()["id"])["synthesis_warnings"] == []
-    camera = natural_image("camera")
+    grass = natural_image("grass")
     r = http.post("/v1/jobs/synthesize?source=T1w&target=T2w&format=npy",
-                  content=npy_bytes(np.stack([camera, camera]).astype(np.float32)))
+                  content=npy_bytes(np.stack([grass, grass]).astype(np.float32)))
     failed = _wait(http, r.json()["id"])
     assert failed["status"] == "failed" and failed["error"]["code"] == "no_head" and failed["error"]["status"] == 422
 
