@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="markdown file to write")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
-    rows, confusion = [], collections.Counter()
+    rows: list[str] = []
+    confusion: collections.Counter[tuple[str, str | None]] = collections.Counter()
     for name, contrast, volume in phantom_volumes(rng):
         c = check_synthesis_input(normalise_series(volume)[0], contrast)
         confusion[(contrast, c.looks_like)] += 1
