@@ -11,9 +11,9 @@ median by :func:`mrcore.intensity.normalise_series`) and the contrast the route 
   distribution; the answer is made and carries the warning (REST ``X-Synthesis-Warning``, DICOM
   ``ImageComments``).
 
-Features (all in normalised units, on at most 48 evenly spaced slices of the series, computed on the *central slab*: the slices whose head object is at least
-half the largest one's area; the head object of a slice is its largest connected foreground component,
-holes filled):
+Features (all in normalised units, on at most 48 evenly spaced slices of the series, computed on the *central
+slab*: the slices whose head object is at least half the largest one's area; the head object of a slice is its
+largest connected foreground component, holes filled):
 
 ``fill``
     mean area of the head object / slice area. An elliptical head inside its field of view covers at most
@@ -53,10 +53,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from mrcore.data.base import CONTRASTS
+
 __all__ = ["CONTRASTS", "Finding", "InputCheck", "InputFeatures", "SynthesisInputError", "THRESHOLDS",
            "check_synthesis_input", "input_features", "looks_like"]
-
-CONTRASTS = ("T1w", "T2w", "PD", "FLAIR")
 
 #: Every threshold of the check (``docs/synthesis_input.md`` gives the values seen on the calibration data).
 THRESHOLDS = {
