@@ -5,7 +5,9 @@ The worker calls a :class:`Processor` ``(route, datasets) -> ProcessResult``. Th
 
 * reconstruction route: Raw Data instances -> :func:`serving.dicom.decode_kspace` ->
   ``client.reconstruct(kspace [S, C, ky, kx], mask, model)`` -> float32 [S, ky, kx];
-* synthesis route: MR images -> :func:`serving.dicom.read_series` ->
+* synthesis route: MR images -> :func:`serving.dicom.read_series` -> the synthesis input check
+  (:func:`serving.synthesis_check.check_source`: a series too small to normalise or without a head fails the job
+  with the reason; warnings go into ``ImageComments`` of every derived instance) ->
   ``client.synthesize(volume [S, H, W], source, target)`` -> float32 [S, H, W];
 
 then :func:`serving.dicom.build_derived_series`. Unit tests may pass any callable with the same
@@ -33,11 +35,13 @@ from serving.dicom import build_derived_series, decode_kspace, read_series
 from serving.dicom.quality import annotate_quality
 from serving.logs import uid_hash
 from serving.quality import FALLBACK_METHOD, QualitySettings, SliceQuality, apply_policy, log_verdicts
+from serving.synthesis_check import annotate_warnings, check_source, log_check
 
 if TYPE_CHECKING:
     from dicom_node.config import Route
 
 log = logging.getLogger("dicom_node.quality")
+synth_log = logging.getLogger("dicom_node.synthesis")
 
 __all__ = ["InferenceBackend", "InferenceProcessor", "ProcessResult", "Processor", "TransientError",
            "is_retryable", "make_processor"]
@@ -127,6 +131,7 @@ class InferenceProcessor:
 
     def __call__(self, route: Route, datasets: Sequence[Dataset], *, series_instance_uid: str) -> ProcessResult:
         quality: list[SliceQuality] | None = None
+        check = None
         if route.task == "reconstruction":
             kv = decode_kspace(datasets)
             if self.quality is not None:
@@ -146,6 +151,9 @@ class InferenceProcessor:
         else:
             sv = read_series(datasets)
             assert route.source is not None and route.target is not None  # the config requires both for synthesis
+            # refusals (NormalisationError, SynthesisInputError: ValueErrors) fail the job at once, with the reason
+            check = check_source(sv.volume, route.source)
+            log_check(synth_log, route.model_name, check, route=route.name, series=uid_hash(series_instance_uid))
             image = np.asarray(self.backend.synthesize(sv.volume, route.source, route.target), dtype=np.float32)
             if image.shape != sv.volume.shape:
                 raise ValueError(f"model {route.model_name} returned {image.shape}, expected {sv.volume.shape}")
@@ -164,6 +172,8 @@ class InferenceProcessor:
             same_contrast=same_contrast, series_instance_uid=series_instance_uid)
         if quality is not None and self.quality is not None:
             annotate_quality(out, quality, self.quality, FALLBACK_METHOD)
+        if check is not None:
+            annotate_warnings(out, check)
         return ProcessResult(out, model, version)
 
 

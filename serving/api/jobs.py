@@ -66,6 +66,7 @@ class Job:
     result: dict | None = None
     error: dict | None = None
     quality: list[dict] | None = None  # the reconstruction self-check per slice (serving.quality)
+    synthesis_warnings: list[dict] | None = None  # the synthesis input check's warnings (serving.synthesis_check)
 
     def public(self) -> dict:
         out: dict[str, Any] = {"id": self.id, "kind": self.kind, "status": self.status, "created_at": _iso(self.created_at),
@@ -79,6 +80,8 @@ class Job:
             out["error"] = self.error
         if self.quality is not None:
             out["quality"] = self.quality
+        if self.synthesis_warnings is not None:
+            out["synthesis_warnings"] = self.synthesis_warnings
         return out
 
 
@@ -290,6 +293,7 @@ class JobRunner:
             job.result = {"file": name, "media_type": rendered.media_type, "filename": rendered.filename,
                           "bytes": len(rendered.body), "headers": rendered.headers}
             job.quality = rendered.quality
+            job.synthesis_warnings = rendered.warnings
             job.status, job.finished_at, job.slices_done = "succeeded", time.time(), job.slices_total or 0
             self.store.save(job)
             log.info("job succeeded", extra={"job_id": job.id, "kind": job.kind, "slices": job.slices_total,

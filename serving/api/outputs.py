@@ -21,6 +21,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -35,6 +36,10 @@ from serving.api.geometry import affine_from_geometry, geometry_from_affine
 from serving.dicom import SeriesGeometry, build_derived_series
 from serving.dicom.quality import annotate_quality
 from serving.quality import FALLBACK_METHOD, QualitySettings, SliceQuality
+from serving.synthesis_check import annotate_warnings
+
+if TYPE_CHECKING:
+    from mrcore.synthesis_input import InputCheck
 
 __all__ = ["OUTPUT_FORMATS", "OutputMeta", "Rendered", "negotiate", "render"]
 
@@ -96,6 +101,7 @@ class OutputMeta:
     headers: dict = field(default_factory=dict)
     quality: list[SliceQuality] | None = None          # the reconstruction self-check per slice
     quality_settings: QualitySettings | None = None
+    synthesis_check: InputCheck | None = None            # the synthesis input check (its warnings)
 
 
 @dataclass
@@ -105,6 +111,7 @@ class Rendered:
     body: bytes
     headers: dict = field(default_factory=dict)
     quality: list[dict] | None = None   # the self-check per slice (public JSON form), for the job resource
+    warnings: list[dict] | None = None  # the synthesis input check's warnings (public JSON form), for the job
 
 
 def render(fmt: str, volume: np.ndarray, meta: OutputMeta, *, slice_index: int | None = None) -> Rendered:
@@ -147,7 +154,8 @@ def render(fmt: str, volume: np.ndarray, meta: OutputMeta, *, slice_index: int |
     headers = {"X-Model": meta.model, "X-Model-Version": str(meta.version), "X-Slices": str(volume.shape[0]),
                **meta.headers}
     quality = [q.public() for q in meta.quality] if meta.quality is not None else None
-    return Rendered(media, FILENAMES[fmt], body, headers, quality)
+    warnings = [w.public() for w in meta.synthesis_check.warnings] if meta.synthesis_check is not None else None
+    return Rendered(media, FILENAMES[fmt], body, headers, quality, warnings)
 
 
 def write_result(rendered: Rendered, path: Path, mode: int | None = None) -> None:
@@ -211,6 +219,8 @@ def _dicom_series(volume: np.ndarray, meta: OutputMeta):
     datasets = _dicom_datasets(volume, meta)
     if meta.quality is not None and meta.quality_settings is not None:
         annotate_quality(datasets, meta.quality, meta.quality_settings, FALLBACK_METHOD)
+    if meta.synthesis_check is not None:
+        annotate_warnings(datasets, meta.synthesis_check)
     return datasets
 
 

@@ -17,6 +17,8 @@ from serving.api.errors import ApiError
 from serving.api.outputs import OutputMeta, Rendered, render
 from serving.dicom import SeriesGeometry, derivation_description
 from serving.quality import apply_policy, header_value, log_verdicts, summary_line
+from serving.synthesis_check import SynthesisInputError, check_source, log_check
+from serving.synthesis_check import header_value as warning_header
 
 if TYPE_CHECKING:
     from serving.api.inference import Inference, Progress
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["ReconOptions", "SynthOptions", "reconstruct", "synthesize"]
 
 log = logging.getLogger("serving.api.quality")
+synth_log = logging.getLogger("serving.api.synthesis")
 #: longest X-Recon-Quality header (about 100 slices); a longer list is only in the job resource's quality field
 MAX_QUALITY_HEADER = 8192
 
@@ -103,14 +106,27 @@ def reconstruct(inference: Inference, req: ReconInput, opts: ReconOptions,
     return render(opts.format, image, meta, slice_index=opts.slice_index)
 
 
-def synthesize(inference: Inference, req: SynthInput, opts: SynthOptions,
-               progress: Progress | None = None) -> Rendered:
+def _check_source(req: SynthInput, opts: SynthOptions):
+    """The synthesis input check (:mod:`serving.synthesis_check`): 422 for a series too small to normalise or
+    without a head; the check (with its warnings) otherwise."""
     try:
-        image = inference.synthesize(req.volume, opts.source, opts.target, opts.model, progress=progress)
+        return check_source(req.volume, opts.source)
     except NormalisationError as exc:
         raise ApiError(422, f"the source series cannot be normalised for synthesis: {exc}", field="PixelData",
                        expected="a magnitude series with at least some foreground (a head in the field of view)",
+                       got=f"{len(req.volume)} slice(s) of {req.volume.shape[1]}x{req.volume.shape[2]}",
                        code="cannot_normalise") from None
+    except SynthesisInputError as exc:
+        raise ApiError(422, f"the source series is refused for synthesis: {exc}", field="PixelData",
+                       expected="an axial brain series: one head-sized object surrounded by air, with tissue "
+                                "contrast (docs/synthesis_input.md)", code=exc.finding.code) from None
+
+
+def synthesize(inference: Inference, req: SynthInput, opts: SynthOptions,
+               progress: Progress | None = None) -> Rendered:
+    check = _check_source(req, opts)
+    log_check(synth_log, opts.model, check)
+    image = inference.synthesize(req.volume, opts.source, opts.target, opts.model, progress=progress)
     if image.shape != req.volume.shape or not np.isfinite(image).all():
         raise ApiError(422, f"model {opts.model} returned {image.dtype} {image.shape}; expected finite float32 "
                             f"{req.volume.shape}", field="model", expected="a synthesis model",
@@ -126,4 +142,8 @@ def synthesize(inference: Inference, req: SynthInput, opts: SynthOptions,
     meta.headers["X-Target-Contrast"] = opts.target
     meta.headers["X-Synthetic-Data"] = "YES"
     meta.headers["X-Derivation-Description"] = derivation_description(opts.model, meta.version)
+    warning = warning_header(check)
+    if warning is not None:
+        meta.headers["X-Synthesis-Warning"] = warning
+    meta.synthesis_check = check
     return render(opts.format, image, meta, slice_index=opts.slice_index)

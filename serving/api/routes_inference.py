@@ -17,7 +17,16 @@ from serving.api.errors import ApiError
 from serving.api.inputs import check_contrast, parse_recon, parse_synth
 from serving.api.outputs import Rendered, negotiate
 from serving.api.pipeline import ReconOptions, SynthOptions, reconstruct, synthesize
-from serving.api.schemas import RECON_HEADERS, UPLOAD_ERRORS, ErrorOut, JobList, JobOut, binary_responses, body_spec
+from serving.api.schemas import (
+    RECON_HEADERS,
+    SYNTH_HEADERS,
+    UPLOAD_ERRORS,
+    ErrorOut,
+    JobList,
+    JobOut,
+    binary_responses,
+    body_spec,
+)
 from serving.api.uploads import read_upload
 from serving.client import UnknownModel, synthesis_model_name
 
@@ -179,7 +188,7 @@ async def _require_synth_model(request: Request, model: str | None, target: str,
 
 
 @router.post("/v1/synthesize", tags=["inference"], openapi_extra=SYNTH_BODY,
-             responses=UPLOAD_ERRORS | binary_responses(_OUT_TYPES, "the synthesized series"),
+             responses=UPLOAD_ERRORS | binary_responses(_OUT_TYPES, "the synthesized series", SYNTH_HEADERS),
              summary="Synthesize a target contrast from a source series (synchronous)", response_class=Response)
 async def synthesize_sync(request: Request, _: str = Depends(require_token), q: SynthQuery = Depends(synth_query)):
     state = request.app.state

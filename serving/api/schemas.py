@@ -93,6 +93,15 @@ class SliceQualityOut(BaseModel):
     replaced: bool | None = Field(None, description="policy 'fallback' replaced this slice by the zero-filled RSS")
 
 
+class SynthesisWarningOut(BaseModel):
+    """One warning of the synthesis input check (docs/synthesis_input.md): the answer was made, but the source is
+    out of the models' distribution."""
+
+    code: str = Field(description="not_brain_like (no left-right symmetry: not an axial brain) | contrast_mismatch "
+                                  "(the source's intensity histogram looks like another contrast than ?source=)")
+    message: str = Field(description="what was seen, with the feature values")
+
+
 class JobOut(BaseModel):
     id: str
     kind: str
@@ -108,6 +117,9 @@ class JobOut(BaseModel):
     error: dict[str, Any] | None = None
     quality: list[SliceQualityOut] | None = Field(
         None, description="reconstruction jobs that succeeded: the self-check of every slice (config 'quality')")
+    synthesis_warnings: list[SynthesisWarningOut] | None = Field(
+        None, description="synthesis jobs that succeeded: the input check's warnings (empty list: none), the same "
+                          "as the X-Synthesis-Warning header of a synchronous answer")
 
 
 class JobList(BaseModel):
@@ -148,4 +160,21 @@ RECON_HEADERS = {
     "X-Recon-Quality-Policy": {"description": "report | flag | fallback", "schema": {"type": "string"}},
     "X-Recon-Quality-Replaced": {"description": "policy fallback: comma-separated indices of the slices replaced by "
                                                 "the zero-filled RSS image", "schema": {"type": "string"}},
+}
+
+#: response headers of a synthesis (OpenAPI)
+SYNTH_HEADERS = {
+    "X-Synthesis-Warning": {
+        "description": "Present only when the synthesis input check (docs/synthesis_input.md) found the source legal "
+                       "but out of distribution: compact JSON list of {\"code\", \"message\"}, code "
+                       "not_brain_like or contrast_mismatch. The same warnings start ImageComments of every "
+                       "instance of a DICOM answer. A source with no head in it is refused (422, code no_head); "
+                       "one too small to normalise too (422, code cannot_normalise).",
+        "schema": {"type": "string"}},
+    "X-Synthetic-Data": {"description": "YES: every answer of /v1/synthesize is synthetic", "schema": {"type": "string"}},
+    "X-Source-Contrast": {"description": "the contrast of the input (?source= or read from the DICOM series)",
+                          "schema": {"type": "string"}},
+    "X-Target-Contrast": {"description": "the synthesized contrast", "schema": {"type": "string"}},
+    "X-Derivation-Description": {"description": "model and version that made the answer (as DerivationDescription)",
+                                 "schema": {"type": "string"}},
 }
