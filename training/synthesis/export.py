@@ -38,7 +38,9 @@ LIMITATIONS = ("Synthetic images: every output instance is marked Synthetic Data
                "source contrast to the target contrast pixel by pixel in context; **pathology that is invisible "
                "on the source series (iso-intense on it) cannot appear in the output**, whatever the target "
                "contrast would show. Do not use a synthesized series to exclude a lesion. Lesion table on a real "
-               "patient: docs/synthesis_patients.md.")
+               "patient: docs/synthesis_patients.md. Serving checks the source first (mrcore.synthesis_input, "
+               "docs/synthesis_input.md): no head in the series is refused; a series that is not brain-like or "
+               "looks like another contrast is answered with a warning (X-Synthesis-Warning, ImageComments).")
 
 
 def servable_models(family, arrays: dict[str, np.ndarray]) -> list[ServableModel]:
