@@ -65,46 +65,56 @@ def test_site_rebuilt_between_synchronisations_gives_the_same_gradients(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_gradient_average_through_real_superlink_equals_in_process_and_float16_halves_bytes(tmp_path):
-    """Two rounds of 2 synchronisations (4 Flower train rounds) of the hybrid WGAN objective through a TLS
-    deployment with authenticated sites: the records show each site's bytes, the critics stay at the sites,
-    and the final generator equals the in-process engine's on the same config. A second run, float16
-    gradients, sends about half the bytes."""
-    cfg = _config(tmp_path, "deployed", rounds=2, evaluate_sites=True)
+def test_gradient_average_through_real_superlink_equals_in_process(tmp_path):
+    """A round of 2 synchronisations (2 Flower train rounds, each site rebuilt for each) of the hybrid WGAN
+    objective through a TLS deployment with authenticated sites: the records show each site's bytes, only
+    generator gradients leave the sites (critics stay), and the generator equals the in-process engine's on
+    the same config (bitwise when measured; the test allows 1e-6)."""
+    cfg = _config(tmp_path, "deployed")
     deployed = write_config(tmp_path, cfg)
     local = _in_process(load_run_config(write_config(tmp_path, {**cfg, "run_dir": str(tmp_path / "local")})))
-    half = write_config(tmp_path, _config(tmp_path, "half", "float16", rounds=1))
     sites = {s: tmp_path / f"state-{s}" for s in SITES}
     with LocalDeployment(tmp_path / "flower", sites) as deployment:
         assert deployment.run(deployed, timeout_s=600) == "finished:completed"
-        for state in sites.values():  # the float16 run starts from no site state, as a new run would
-            for f in [*state.glob("state_round_*.pt"), *state.glob("compression/*")]:
-                f.unlink()
-        assert deployment.run(half, timeout_s=600) == "finished:completed"
 
-    remote = load_arrays(tmp_path / "deployed" / "checkpoints" / "round_002.npz")
+    remote = load_arrays(tmp_path / "deployed" / "checkpoints" / "round_001.npz")
     init = family_from_config(load_run_config(deployed)).initial_arrays()
     moved = max(float(np.max(np.abs(local[k] - init[k]))) for k in init)
     diff = max(float(np.max(np.abs(remote[k] - local[k]))) for k in init)
-    assert moved > 1e-3  # four Adam steps at lr 1e-3
+    assert moved > 1e-3  # two Adam steps at lr 1e-3
     assert diff < 1e-6, f"deployment differs from in-process by {diff} (the run moved weights by {moved})"
 
-    rows, local_rows = read_metrics(tmp_path / "deployed"), read_metrics(tmp_path / "local")
-    assert [r["round"] for r in rows] == [1, 2] and all(r["engine"] == "gradient_average" for r in rows)
-    for row, local_row in zip(rows, local_rows, strict=True):
-        assert set(row["val"]) == set(SITES) and row["traffic"]["train_received_bytes"] > 0
-        for site in SITES:
-            m, lm = row["train"][site], local_row["train"][site]
-            assert m["sends"] == 2 and m["bytes_sent"] == 2 * m["bytes_per_send"] == lm["bytes_sent"]
-            assert m["critic"] == pytest.approx(lm["critic"], rel=1e-5) and m["lambda"] == lm["lambda"]
-            assert row["val"][site]["psnr"] == pytest.approx(local_row["val"][site]["psnr"], abs=1e-4)
-    assert (tmp_path / "deployed" / "checkpoints" / "round_002.adam.pt").exists()
-    for state in sites.values():  # only uncompressed generator gradients, then float16 ones, left the sites
+    (row,), (local_row,) = read_metrics(tmp_path / "deployed"), read_metrics(tmp_path / "local")
+    assert row["engine"] == "gradient_average" and row["traffic"]["train_received_bytes"] > 0
+    for site in SITES:
+        m, lm = row["train"][site], local_row["train"][site]
+        assert m["sends"] == 2 and m["bytes_sent"] == 2 * m["bytes_per_send"] == lm["bytes_sent"] > 0
+        assert m["critic"] == pytest.approx(lm["critic"], rel=1e-5) and m["l1"] == pytest.approx(lm["l1"], rel=1e-5)
+    assert (tmp_path / "deployed" / "checkpoints" / "round_001.adam.pt").exists()
+    for state in sites.values():
         sent = [json.loads(x) for x in (state / "outgoing.jsonl").read_text().splitlines()]
-        assert [s["arrays"]["values"][1] for s in sent] == ["float32"] * 4 + ["float16"] * 2
-        assert all(set(s["arrays"]) == {"values"} for s in sent)
+        assert [s["arrays"] for s in sent] == [{"values": [[sum(v.size for v in init.values())], "float32"]}] * 2
         assert "critic" in torch.load(state / "state_round_001.pt", weights_only=True)  # the critic stayed there
         assert not list(state.glob("sync_round_*.pt"))
 
-    full, small = rows[0]["train"]["hospital-a"]["bytes_sent"], read_metrics(tmp_path / "half")[0]["train"]["hospital-a"]["bytes_sent"]
-    assert 0.45 < small / full < 0.55, (small, full)
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_float16_gradients_through_real_superlink_send_half_the_bytes(tmp_path):
+    """float16 gradients (one synchronisation: sync_every 2) through the TLS deployment, with the sites'
+    validation: each site's bytes_sent is about half the uncompressed gradient's (measured by the in-process
+    engine, which the test above shows sends the same bytes as the deployment)."""
+    half = write_config(tmp_path, _config(tmp_path, "half", "float16", sync_every=2, evaluate_sites=True))
+    full = _in_process(load_run_config(write_config(tmp_path, _config(tmp_path, "full", sync_every=2))))
+    sites = {s: tmp_path / f"state-{s}" for s in SITES}
+    with LocalDeployment(tmp_path / "flower", sites) as deployment:
+        assert deployment.run(half, timeout_s=600) == "finished:completed"
+    (row,), (full_row,) = read_metrics(tmp_path / "half"), read_metrics(tmp_path / "full")
+    assert set(row["val"]) == set(SITES) and all(v["psnr"] > 0 for v in row["val"].values())
+    n = sum(v.size for v in full.values())
+    for site in SITES:
+        small, big = row["train"][site]["bytes_sent"], full_row["train"][site]["bytes_sent"]
+        assert row["train"][site]["sends"] == 1 and big > 4 * n
+        assert 0.45 < small / big < 0.55, (site, small, big)
+        sent = [json.loads(x) for x in (sites[site] / "outgoing.jsonl").read_text().splitlines()]
+        assert [s["arrays"] for s in sent] == [{"values": [[n], "float16"]}]
