@@ -6,7 +6,8 @@ Per round ``g`` (checkpoint, metrics row, evaluation: one pass over each site's 
 :mod:`training.federation.gradient_average`):
 
 1. a ``gradient-batches`` query: each site answers how many batches its training data makes this round;
-   the round has ``syncs = ceil(max / sync_every)`` synchronisations;
+   the round has ``syncs = ceil(max / sync_every)`` synchronisations (the first one goes to every connected
+   node and tells which node is which site);
 2. per synchronisation ``j``, a train message to every site with the current generator weights and
    ``global-round``, ``sync`` (1-based), ``syncs`` and ``send`` (the send number of the error-feedback
    residual). The site (``training.federation.apps``) rebuilds itself from its private state, runs
@@ -37,7 +38,7 @@ from training.federation.gradient_average import centre_step, finish_round, roun
 from training.federation.payload import to_bytes
 from training.federation.records import from_record, to_record
 from training.federation.rundir import start_run
-from training.federation.strategy import SharedWeightsViolation, identify_sites, raise_if_stop, site_of
+from training.federation.strategy import SharedWeightsViolation, raise_if_stop, site_of
 from training.federation.traffic import CountingGrid
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,12 @@ def run_gradient_coordinator(grid: Grid, run_cfg: dict,
     text = yaml.safe_dump(run_cfg, sort_keys=True)
     timeout = float(fed.get("round_timeout_s", 3600))
     counting = CountingGrid(grid)
-    nodes = site_nodes(counting, family.train_sites, text, timeout)
     centre, shapes = start_centre(run_dir, arrays, objective, offset), shapes_of(arrays)
+    nodes: dict[str, int] | None = None
     for g in range(offset + 1, total + 1):
         t0 = time.perf_counter()
         lr_factor = linear_lr_factor(g, total, float(objective.get("lr_final", 1.0)))
-        info = ConfigRecord({"run-config": text, "global-round": g, "query": BATCHES_QUERY})
-        batches = {s: int(r.content["metrics"]["num-batches"])
-                   for s, r in ask(counting, nodes, MessageType.QUERY, {"config": info}, timeout).items()}
+        nodes, batches = count_batches(counting, family.train_sites, nodes, text, g, timeout)
         syncs = math.ceil(max(batches.values()) / k)
         sent, losses = dict.fromkeys(nodes, 0), {}
         for j in range(1, syncs + 1):
@@ -99,23 +98,32 @@ def run_gradient_coordinator(grid: Grid, run_cfg: dict,
     return arrays
 
 
-def site_nodes(grid: Grid, sites: tuple[str, ...], run_config_yaml: str, timeout: float) -> dict[str, int]:
-    """site -> node id of every training site, in the sites' order (waits until as many nodes are connected;
-    RuntimeError naming the sites when a site is missing or has two nodes)."""
-    _, nodes = sample_nodes(grid, len(sites), len(sites))
-    named = identify_sites(grid, nodes, run_config_yaml, timeout)
-    found = sorted(named.values())
-    if found != sorted(sites):
-        raise RuntimeError(f"gradient averaging needs one node per training site {list(sites)}; the nodes are {found}")
-    by_site = {s: n for n, s in named.items()}
-    log.info("nodes: %s", by_site)
-    return {s: by_site[s] for s in sites}
+def count_batches(grid: Grid, sites: tuple[str, ...], nodes: dict[str, int] | None, run_config_yaml: str,
+                  g: int, timeout: float) -> tuple[dict[str, int], dict[str, int]]:
+    """``(site -> node id, site -> its batches in round g)`` from the ``gradient-batches`` query. With ``nodes``
+    None it goes to every connected node (waiting until there are as many as ``sites``), and the replies'
+    site names tell which node is which site (RuntimeError naming them unless each site has one node)."""
+    config = ConfigRecord({"run-config": run_config_yaml, "global-round": g, "query": BATCHES_QUERY})
+    if nodes is None:
+        _, ids = sample_nodes(grid, len(sites), len(sites))
+        replies = ask(grid, {f"node {n}": n for n in ids}, MessageType.QUERY, {"config": config}, timeout, check=False)
+        named = {site_of(r): r for r in replies.values()}
+        if sorted(site_of(r) for r in replies.values()) != sorted(sites):
+            raise RuntimeError(f"gradient averaging needs one node per training site {list(sites)}; the nodes are "
+                               f"{sorted(site_of(r) for r in replies.values())}")
+        log.info("nodes: %s", {s: r.metadata.src_node_id for s, r in named.items()})
+        replies = {s: named[s] for s in sites}
+        nodes = {s: r.metadata.src_node_id for s, r in replies.items()}
+    else:
+        replies = ask(grid, nodes, MessageType.QUERY, {"config": config}, timeout)
+    return nodes, {s: int(r.content["metrics"]["num-batches"]) for s, r in replies.items()}  # type: ignore[arg-type]
 
 
-def ask(grid: Grid, nodes: dict[str, int], kind: str, records: dict, timeout: float) -> dict[str, Message]:
+def ask(grid: Grid, nodes: dict[str, int], kind: str, records: dict, timeout: float,
+        check: bool = True) -> dict[str, Message]:
     """Send ``records`` (record name -> record) as a ``kind`` message to every site's node; return the replies
     by site, in ``nodes``' order. A site's StopRun ends the run; any other error or a missing reply raises
-    RuntimeError naming the site."""
+    RuntimeError naming the site, and so does (with ``check``) a reply from another site than the node's."""
     messages = [Message(content=RecordDict(dict(records)), message_type=kind, dst_node_id=n) for n in nodes.values()]
     replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(messages, timeout=timeout)}
     out = {}
@@ -126,7 +134,7 @@ def ask(grid: Grid, nodes: dict[str, int], kind: str, records: dict, timeout: fl
         if reply.has_error():
             raise_if_stop(reply)
             raise RuntimeError(f"site {site!r} failed the {kind} message: {reply.error.reason}")
-        if site_of(reply) != site:
+        if check and site_of(reply) != site:
             raise RuntimeError(f"node {node} of site {site!r} replied as site {site_of(reply)!r}")
         out[site] = reply
     return out
