@@ -5,7 +5,8 @@
 
 The same tiny reconstruction run (2 sites, 32x32 4-coil slices, 2 batches of 2 per site and round, hybrid
 WGAN objective, ``sync_every: 1``, so 2 synchronisations per round) both ways; prints, per round, the seconds
-per synchronisation and the load average (1 min) before and after each engine.
+per synchronisation and the load average (1 min) before and after each engine, and how far apart the
+two final generators are.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -23,6 +25,7 @@ from benchmarks.common import markdown_table
 from training.federation.checkpoints import read_metrics
 from training.federation.deploy import LocalDeployment
 from training.federation.gradient_average import run_gradient_average
+from training.federation.records import load_arrays
 from training.federation.runconfig import load_run_config
 
 SITES = ("hospital-a", "hospital-b")
@@ -55,7 +58,7 @@ def main() -> None:
     out.mkdir(parents=True)
     loads = {"in process": [os.getloadavg()[0]]}
     torch.set_num_threads(1)  # as each site's process (MRI_SITE_THREADS)
-    run_gradient_average(load_run_config(tiny_config(out, "local", args.rounds)))
+    local = run_gradient_average(load_run_config(tiny_config(out, "local", args.rounds)))
     loads["in process"].append(os.getloadavg()[0])
     loads["deployment"] = [os.getloadavg()[0]]
     t0 = time.perf_counter()
@@ -71,7 +74,10 @@ def main() -> None:
             rows.append([engine, r["round"], syncs, f"{r['seconds'] / syncs:.2f}",
                          f"{train / syncs:.2f}" if train is not None else "", r["train"][SITES[0]]["bytes_per_send"],
                          f"{loads[engine][0]:.1f} -> {loads[engine][1]:.1f}"])
-    print(f"SuperLink + {len(SITES)} SuperNodes started in {started:.1f} s")
+    remote = load_arrays(out / "deployed" / "checkpoints" / f"round_{args.rounds:03d}.npz")
+    diff = max(float(np.max(np.abs(remote[k] - local[k]))) for k in local)
+    print(f"SuperLink + {len(SITES)} SuperNodes started in {started:.1f} s; final generator, deployment vs in "
+          f"process: max |difference| {diff:.3g}")
     print(markdown_table(["engine", "round", "syncs", "s per sync (round)", "s per sync (train messages)",
                           "bytes per send per site", "load average"], rows))
 
