@@ -36,6 +36,21 @@ def _in_process(cfg: dict) -> dict[str, np.ndarray]:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """One SuperLink and a SuperNode per site (TLS, registered site keys) for this module's runs; the sites'
+    private state directories."""
+    root = tmp_path_factory.mktemp("gradient-deployment")
+    sites = {s: root / f"state-{s}" for s in SITES}
+    with LocalDeployment(root / "flower", sites) as dep:
+        yield dep, sites
+
+
+def _sent(state) -> list[dict]:
+    """The site's outgoing log (one line per reply, every run of the module)."""
+    return [json.loads(x) for x in (state / "outgoing.jsonl").read_text().splitlines()]
+
+
 def test_site_rebuilt_between_synchronisations_gives_the_same_gradients(tmp_path):
     """What a SuperNode does (a new site object per message, the round so far from ``suspend``) equals one site
     object living through the round: same gradients bitwise, the same batches and WGAN random numbers, even
@@ -65,7 +80,7 @@ def test_site_rebuilt_between_synchronisations_gives_the_same_gradients(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_gradient_average_through_real_superlink_equals_in_process(tmp_path):
+def test_gradient_average_through_real_superlink_equals_in_process(tmp_path, deployment):
     """A round of 2 synchronisations (2 Flower train rounds, each site rebuilt for each) of the hybrid WGAN
     objective through a TLS deployment with authenticated sites: the records show each site's bytes, only
     generator gradients leave the sites (critics stay), and the generator equals the in-process engine's on
@@ -73,9 +88,8 @@ def test_gradient_average_through_real_superlink_equals_in_process(tmp_path):
     cfg = _config(tmp_path, "deployed")
     deployed = write_config(tmp_path, cfg)
     local = _in_process(load_run_config(write_config(tmp_path, {**cfg, "run_dir": str(tmp_path / "local")})))
-    sites = {s: tmp_path / f"state-{s}" for s in SITES}
-    with LocalDeployment(tmp_path / "flower", sites) as deployment:
-        assert deployment.run(deployed, timeout_s=600) == "finished:completed"
+    dep, sites = deployment
+    assert dep.run(deployed, timeout_s=600) == "finished:completed"
 
     remote = load_arrays(tmp_path / "deployed" / "checkpoints" / "round_001.npz")
     init = family_from_config(load_run_config(deployed)).initial_arrays()
@@ -92,23 +106,21 @@ def test_gradient_average_through_real_superlink_equals_in_process(tmp_path):
         assert m["critic"] == pytest.approx(lm["critic"], rel=1e-5) and m["l1"] == pytest.approx(lm["l1"], rel=1e-5)
     assert (tmp_path / "deployed" / "checkpoints" / "round_001.adam.pt").exists()
     for state in sites.values():
-        sent = [json.loads(x) for x in (state / "outgoing.jsonl").read_text().splitlines()]
-        assert [s["arrays"] for s in sent] == [{"values": [[sum(v.size for v in init.values())], "float32"]}] * 2
+        assert [s["arrays"] for s in _sent(state)[-2:]] == [{"values": [[sum(v.size for v in init.values())], "float32"]}] * 2
         assert "critic" in torch.load(state / "state_round_001.pt", weights_only=True)  # the critic stayed there
         assert not list(state.glob("sync_round_*.pt"))
 
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_float16_gradients_through_real_superlink_send_half_the_bytes(tmp_path):
+def test_float16_gradients_through_real_superlink_send_half_the_bytes(tmp_path, deployment):
     """float16 gradients (one synchronisation: sync_every 2) through the TLS deployment, with the sites'
     validation: each site's bytes_sent is about half the uncompressed gradient's (measured by the in-process
     engine, which the test above shows sends the same bytes as the deployment)."""
     half = write_config(tmp_path, _config(tmp_path, "half", "float16", sync_every=2, evaluate_sites=True))
     full = _in_process(load_run_config(write_config(tmp_path, _config(tmp_path, "full", sync_every=2))))
-    sites = {s: tmp_path / f"state-{s}" for s in SITES}
-    with LocalDeployment(tmp_path / "flower", sites) as deployment:
-        assert deployment.run(half, timeout_s=600) == "finished:completed"
+    dep, sites = deployment
+    assert dep.run(half, timeout_s=600) == "finished:completed"  # a new run: round 1 from no site state
     (row,), (full_row,) = read_metrics(tmp_path / "half"), read_metrics(tmp_path / "full")
     assert set(row["val"]) == set(SITES) and all(v["psnr"] > 0 for v in row["val"].values())
     n = sum(v.size for v in full.values())
@@ -116,5 +128,4 @@ def test_float16_gradients_through_real_superlink_send_half_the_bytes(tmp_path):
         small, big = row["train"][site]["bytes_sent"], full_row["train"][site]["bytes_sent"]
         assert row["train"][site]["sends"] == 1 and big > 4 * n
         assert 0.45 < small / big < 0.55, (site, small, big)
-        sent = [json.loads(x) for x in (sites[site] / "outgoing.jsonl").read_text().splitlines()]
-        assert [s["arrays"] for s in sent] == [{"values": [[n], "float16"]}]
+        assert [s["arrays"] for s in _sent(sites[site])[-1:]] == [{"values": [[n], "float16"]}]
