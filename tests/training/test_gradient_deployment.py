@@ -42,7 +42,7 @@ def deployment(tmp_path_factory):
     private state directories."""
     root = tmp_path_factory.mktemp("gradient-deployment")
     sites = {s: root / f"state-{s}" for s in SITES}
-    with LocalDeployment(root / "flower", sites) as dep:
+    with LocalDeployment(root / "flower", sites, start_timeout_s=180) as dep:  # 63 s seen at load average 9
         yield dep, sites
 
 

@@ -104,6 +104,8 @@ def _gradient_sync(msg: Message, cfg_record: ConfigRecord, family, site: str, st
     the site rebuilt from its private state, its compressed generator gradient at ``arrays`` as the reply;
     after the round's last synchronisation its mean losses too."""
     g, sync, syncs = int(cfg_record["global-round"]), int(cfg_record["sync"]), int(cfg_record["syncs"])
+    if not 1 <= sync <= syncs:
+        raise ValueError(f"site {site!r}: synchronisation {sync} of a round of {syncs} is out of range")
     fed = family.cfg.federation
     gsite = family.gradient_site(site, state_dir, g, sync - 1)
     data, payload, examples = site_sync(gsite, site, arrays, fed.sync_every, fed.compression, g, int(cfg_record["send"]))
