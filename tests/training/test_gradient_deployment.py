@@ -51,6 +51,7 @@ def _sent(state) -> list[dict]:
     return [json.loads(x) for x in (state / "outgoing.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # 28 s at load average 2 (building the tiny data cache included)
 def test_site_rebuilt_between_synchronisations_gives_the_same_gradients(tmp_path):
     """What a SuperNode does (a new site object per message, the round so far from ``suspend``) equals one site
     object living through the round: same gradients bitwise, the same batches and WGAN random numbers, even
