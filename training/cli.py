@@ -63,7 +63,8 @@ def federated(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore existing checkpoints in run_dir and start over."),
     engine: str = typer.Option("flower", help="flower: Flower's simulation engine (Ray); sequential: the same FedAvg "
                                "rounds with the sites trained in turn in this process (no Ray; for a saturated CPU). "
-                               "federation.mode=gradient_average always runs its own in-process engine."),
+                               "federation.mode=gradient_average runs its own in-process engine here; between "
+                               "hospitals (flwr run) each of its synchronisations is a Flower round."),
 ) -> None:
     """Train across the configured sites with Flower's simulation engine (resumes from the last checkpoint)."""
     if engine not in ("flower", "sequential"):

@@ -6,8 +6,10 @@ The same objects run in Flower's simulation (:mod:`training.federation.simulatio
 A site learns which hospital it is from its node configuration: ``site=<name>`` (deployment) or
 ``partition-id`` (simulation: the i-th training site of the config, then FL-MRCM's target site). Its
 private state directory is ``state-dir`` from the node configuration, or ``<run dir>/sites/<site>`` in
-simulation. Besides train and evaluate messages a site answers two queries: ``site`` (its name) and, at
-FL-MRCM's target site only, ``latent-features`` (pooled latents of its own slices under the sent weights).
+simulation. Besides train and evaluate messages a site answers three queries: ``site`` (its name), at FL-MRCM's target
+site only ``latent-features`` (pooled latents of its own slices under the sent weights), and in gradient
+averaging ``gradient-batches`` (its number of training batches this round). In gradient averaging a train
+message is one synchronisation (:mod:`training.federation.gradient_flower`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from training.federation.coordinator import run_coordinator
+from training.federation.gradient_average import site_sync
+from training.federation.gradient_flower import BATCHES_QUERY
 from training.federation.payload import site_send_weights
 from training.federation.records import TARGET_LATENTS, audit_outgoing, from_record, to_record
 from training.federation.registry import family_from_config
@@ -66,6 +70,8 @@ def _handle(msg: Message, context: Context, train: bool) -> Message:
         raise ValueError(f"site {site!r} is FL-MRCM's target: it trains and evaluates nothing")
     global_round = int(cfg_record["global-round"])
     arrays = from_record(msg.content["arrays"])
+    if train and family.cfg.federation.mode == "gradient_average":
+        return _gradient_sync(msg, cfg_record, family, site, state_dir, arrays)
     if train:
         latents = msg.content.array_records.get(TARGET_LATENTS)
         target = latents["latents"].numpy() if latents is not None else None
@@ -93,6 +99,25 @@ def _handle(msg: Message, context: Context, train: bool) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _gradient_sync(msg: Message, cfg_record: ConfigRecord, family, site: str, state_dir: Path, arrays) -> Message:
+    """One synchronisation of gradient averaging at this site (:mod:`training.federation.gradient_flower`):
+    the site rebuilt from its private state, its compressed generator gradient at ``arrays`` as the reply;
+    after the round's last synchronisation its mean losses too."""
+    g, sync, syncs = int(cfg_record["global-round"]), int(cfg_record["sync"]), int(cfg_record["syncs"])
+    if not 1 <= sync <= syncs:
+        raise ValueError(f"site {site!r}: synchronisation {sync} of a round of {syncs} is out of range")
+    fed = family.cfg.federation
+    gsite = family.gradient_site(site, state_dir, g, sync - 1)
+    data, payload, examples = site_sync(gsite, site, arrays, fed.sync_every, fed.compression, g, int(cfg_record["send"]))
+    metrics: dict = {"num-examples": int(examples), "bytes_sent": float(len(data))}
+    if sync == syncs:
+        metrics.update({k: float(v) for k, v in gsite.finish(g).items()})
+    else:
+        gsite.suspend()
+    return Message(content=RecordDict({"arrays": to_record(payload), "metrics": MetricRecord(metrics),
+                                       "site": ConfigRecord({"name": site})}), reply_to=msg)
+
+
 @client_app.train()
 def site_train(msg: Message, context: Context) -> Message:
     """Local training at one hospital; replies with the shared weights only."""
@@ -108,7 +133,8 @@ def site_evaluate(msg: Message, context: Context) -> Message:
 @client_app.query()
 def site_query(msg: Message, context: Context) -> Message:
     """``site``: reply with this node's site name. ``latent-features`` (target site only): the pooled latent
-    features of the site's adaptation slices under the sent weights — no weights, no images."""
+    features of the site's adaptation slices under the sent weights — no weights, no images.
+    ``gradient-batches``: the site's number of training batches in the round (gradient averaging)."""
     cfg_record, family, site, state_dir = _open(msg, context)
     kind = str(cfg_record["query"])
     content = RecordDict({"site": ConfigRecord({"name": site})})
@@ -118,8 +144,11 @@ def site_query(msg: Message, context: Context) -> Message:
         latents = family.target_features(from_record(msg.content["arrays"]))
         audit_outgoing(state_dir, site, int(cfg_record["global-round"]), {"latents": latents}, 0)
         content[TARGET_LATENTS] = to_record({"latents": latents})
+    elif kind == BATCHES_QUERY:  # gradient averaging: the number of synchronisations of this round
+        gsite = family.gradient_site(site, state_dir, int(cfg_record["global-round"]))
+        content["metrics"] = MetricRecord({"num-batches": int(gsite.num_batches)})
     elif kind != "site":
-        raise ValueError(f"unknown query {kind!r}; expected 'site' or 'latent-features'")
+        raise ValueError(f"unknown query {kind!r}; expected 'site', 'latent-features' or {BATCHES_QUERY!r}")
     return Message(content=content, reply_to=msg)
 
 

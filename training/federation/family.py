@@ -128,10 +128,12 @@ class Family(ABC):
     def plot_run(self, rows: list[dict], run_dir: Path) -> None:  # noqa: B027 - optional hook, empty by design
         """Optional family-specific plots of the run's metric rows (``metrics.jsonl``), called by the CLI."""
 
-    def gradient_site(self, site: str, state_dir: Path, server_round: int):
+    def gradient_site(self, site: str, state_dir: Path, server_round: int, sync: int = 0):
         """Isik et al.'s gradient averaging (``federation.mode: gradient_average``): ``site``'s side of round
-        ``server_round``, an object with ``num_batches``, ``gradient(arrays, n) -> (gradients, examples)`` and
-        ``finish(server_round) -> mean training metrics`` (see :class:`training.recon.gradient_site.ReconGradientSite`)."""
+        ``server_round``, an object with ``num_batches``, ``state_dir``, ``gradient(arrays, n) -> (gradients,
+        examples)``, ``suspend()`` (keep the round so far for a site rebuilt at the next synchronisation,
+        ``sync`` = synchronisations done) and ``finish(server_round) -> mean training metrics`` (see
+        :class:`training.recon.gradient_site.ReconGradientSite`)."""
         raise NotImplementedError(f"family {self.name!r} has no gradient-averaging mode")
 
     def servable_models(self, arrays: Arrays) -> list:

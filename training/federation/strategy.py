@@ -144,15 +144,7 @@ class SiteFedAvg(FedAvg):
         """node id -> site name of every connected node (asked once; again when the nodes change)."""
         _, nodes = sample_nodes(grid, self.min_available_nodes, self.min_available_nodes)  # waits for them
         if set(nodes) != set(self.node_sites):
-            config = ConfigRecord({"query": "site", "run-config": self.run_config_yaml})
-            messages = [Message(content=RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n)
-                        for n in nodes]
-            replies = list(grid.send_and_receive(messages, timeout=self.query_timeout))
-            failed = [m for m in replies if m.has_error()]
-            if failed or len(replies) != len(nodes):
-                reason = failed[0].error.reason if failed else f"{len(replies)} of {len(nodes)} nodes answered"
-                raise RuntimeError(f"could not identify the sites of the federation's nodes: {reason}")
-            self.node_sites = {m.metadata.src_node_id: site_of(m) for m in replies}
+            self.node_sites = identify_sites(grid, nodes, self.run_config_yaml, self.query_timeout)
             targets = [n for n, s in self.node_sites.items() if s == self.target_site]
             if self.target_site is not None and len(targets) != 1:
                 raise RuntimeError(f"FL-MRCM needs exactly one node of target site {self.target_site!r}; "
@@ -211,6 +203,19 @@ class SiteFedAvg(FedAvg):
             site_of(m): dict(m.content["metrics"]) for m in replies if not m.has_error()
         }
         return super().aggregate_evaluate(server_round, replies)
+
+
+def identify_sites(grid: Grid, nodes: list[int], run_config_yaml: str, timeout: float) -> dict[int, str]:
+    """node id -> site name of ``nodes``, from their answers to a ``site`` query (RuntimeError if one fails)."""
+    config = ConfigRecord({"query": "site", "run-config": run_config_yaml})
+    messages = [Message(content=RecordDict({"config": config}), message_type=MessageType.QUERY, dst_node_id=n)
+                for n in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    failed = [m for m in replies if m.has_error()]
+    if failed or len(replies) != len(nodes):
+        reason = failed[0].error.reason if failed else f"{len(replies)} of {len(nodes)} nodes answered"
+        raise RuntimeError(f"could not identify the sites of the federation's nodes: {reason}")
+    return {m.metadata.src_node_id: site_of(m) for m in replies}
 
 
 def raise_if_stop(msg: Message) -> None:

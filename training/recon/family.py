@@ -284,9 +284,10 @@ class ReconFamily(Family):
     def servable_models(self, arrays: Arrays) -> list:
         return servable_models(self, arrays)
 
-    def gradient_site(self, site: str, state_dir: Path, server_round: int) -> ReconGradientSite:
-        """``site``'s side of a gradient-averaging round (:mod:`training.recon.gradient_site`)."""
-        return ReconGradientSite(self, site, state_dir, server_round)
+    def gradient_site(self, site: str, state_dir: Path, server_round: int, sync: int = 0) -> ReconGradientSite:
+        """``site``'s side of a gradient-averaging round (:mod:`training.recon.gradient_site`), continued after
+        ``sync`` synchronisations of it."""
+        return ReconGradientSite(self, site, state_dir, server_round, sync)
 
 
 def _loader(ds: ReconSlices | RandomizedBatches, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
