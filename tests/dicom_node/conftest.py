@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+
 import pytest
 
 from tests.conftest import free_port
@@ -47,3 +50,20 @@ def node_factory():
     finally:
         for n in started:
             n.stop()
+
+
+@pytest.fixture
+def destination(tmp_path):
+    """dcmtk's storescp as a destination AE ``DEST`` on a free port: ``(port, received_dir)``."""
+    need("storescp", "storescu")
+    port = free_port()
+    out = tmp_path / "received"
+    out.mkdir()
+    proc = subprocess.Popen(["storescp", "-aet", "DEST", "+xa", "-od", str(out), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        yield port, out
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -7,7 +7,6 @@ functions: TEST DOUBLES of the inference step (the real one is tested in test_tr
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import time
 
 import pytest
@@ -21,7 +20,7 @@ from serving.dicom import DicomInputError
 from tests.conftest import free_port
 from tests.dicom_node.data import ellipse_volume, mr_series, write_series
 from tests.dicom_node.doubles import DoubleBackend
-from tests.dicom_node.peers import need, storescu, wait_for
+from tests.dicom_node.peers import storescu, wait_for
 
 
 class Clock:
@@ -175,20 +174,6 @@ def test_state_machine_retries_and_recovery(tmp_path):
 
 
 # --- worker behaviour, in-process node over TCP ---------------------------------------------------------
-@pytest.fixture
-def destination(tmp_path):
-    need("storescp", "storescu")
-    port = free_port()
-    out = tmp_path / "received"
-    out.mkdir()
-    proc = subprocess.Popen(["storescp", "-aet", "DEST", "+xa", "-od", str(out), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def start_node(tmp_path, dest_port, processor, **processing):

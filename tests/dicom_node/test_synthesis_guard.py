@@ -7,12 +7,10 @@ derived-series builder and the delivery are the production ones."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import numpy as np
 import pydicom
-import pytest
 
 from dicom_node.config import parse_config
 from dicom_node.node import DicomNode
@@ -23,24 +21,8 @@ from serving.synthesis_check import COMMENT_PREFIX
 from tests.conftest import free_port
 from tests.dicom_node.data import mr_series, write_series
 from tests.dicom_node.doubles import DoubleBackend
-from tests.dicom_node.peers import need, storescu, wait_for
+from tests.dicom_node.peers import storescu, wait_for
 from tests.mrcore.test_synthesis_input import phantom_series
-
-
-@pytest.fixture
-def destination(tmp_path):
-    need("storescp", "storescu")
-    port = free_port()
-    out = tmp_path / "received"
-    out.mkdir()
-    proc = subprocess.Popen(["storescp", "-aet", "DEST", "+xa", "-od", str(out), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        yield port, out
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _node(tmp_path, dest_port) -> DicomNode:
