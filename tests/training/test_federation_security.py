@@ -230,62 +230,14 @@ def test_federation_certs_cli_and_sequential_engine_refusal(tmp_path):
     assert seq.exit_code == 2 and "the sequential engine has none" in flat, flat
 
 
-@pytest.mark.slow
-def test_secure_aggregation_keeps_fedavg_weighting_and_critics_local_in_simulation(tmp_path):
-    """Sites with different amounts of data (so the weighting matters) and the hybrid objective (a WGAN
-    critic at each site): SecAgg+ in Flower's simulation gives the example-weighted mean of the sites' own
-    updates, computed here independently, and the critics never leave the sites."""
-    import torch
-
+def secure_round_equals_weighted_mean_of_own_updates(tmp_path, config: list[str]):
+    """One SecAgg+ round of ``config`` in Flower's simulation (sites with different example counts); checks that
+    the checkpoint is the example-weighted mean of the sites' own updates recomputed independently (same seeds)
+    and that the coordinator received no site's arrays. Returns ``(family, {site: SiteUpdate})``."""
     from training.federation.runconfig import load_run_config
     from training.federation.simulation import simulate
 
-    overrides = [f"run_dir={tmp_path / 'run'}", f"data.source.cache_dir={tmp_path / 'cache'}",
-                 "data.source.matrix=[40, 40]", "data.source.subjects_per_site=3", "data.source.slices_per_subject=3",
-                 "data.train_sites=[hospital-a, hospital-b]", "data.heldout_site=null", "data.num_coils=4",
-                 "data.val_subjects=1", "model.chans=8", "model.num_cascades=1", "model.sens_chans=4",
-                 "objective.batch_size=2", "objective.kind=hybrid", "data.site_train_slices={hospital-a: 2}",
-                 "federation.rounds=1", "federation.secure_aggregation.enabled=true",
-                 "federation.secure_aggregation.max_weight=16"]
-    cfg = load_run_config(None, ["family=recon", *overrides])
-    simulate(cfg, num_cpus=2)
-    aggregated = load_arrays(tmp_path / "run" / "checkpoints" / "round_001.npz")
-    family = family_from_config(cfg)
-    init = family.initial_arrays()
-    updates = [family.train_site(s, init, 1, tmp_path / "independent" / s) for s in family.train_sites]
-    weights = np.array([u.num_examples for u in updates], dtype=np.float64)
-    assert weights[0] != weights[1]
-    for name, value in aggregated.items():
-        expected = sum(w * u.arrays[name] for w, u in zip(weights, updates)) / weights.sum()
-        np.testing.assert_allclose(value, expected, rtol=0, atol=1e-5, err_msg=name)
-    row = read_metrics(tmp_path / "run")[0]
-    assert all(names == [] for names in row["traffic"]["received_arrays"].values())
-    for site in family.train_sites:
-        state = next((tmp_path / "run" / "sites" / site).glob("state_round_*.pt"))
-        assert "critic" in torch.load(state, weights_only=True)  # the critic stayed at the site
-
-
-@pytest.mark.slow
-def test_secure_aggregation_of_dp_synthesis_keeps_each_sites_epsilon(tmp_path):
-    """The synthesis family (DP-SGD on the generators, PatchGAN discriminators at each site) under SecAgg+ in
-    Flower's simulation: the aggregate is the example-weighted mean of the sites' own private updates (computed
-    here independently, same seeds, same DP noise), and each site's privacy ledger records exactly the epsilon
-    that site's own training gives without SecAgg+: secure aggregation changes neither the update nor the
-    accounting."""
-    from training.federation.runconfig import load_run_config
-    from training.federation.simulation import simulate
-    from training.synthesis.family import read_ledger
-
-    overrides = [f"run_dir={tmp_path / 'run'}", f"data.source.cache_dir={tmp_path / 'cache'}",
-                 "data.source.matrix=[32, 32]", "data.source.subjects_per_site=4", "data.source.slices_per_subject=3",
-                 "data.val_subjects=1", "data.test_subjects=1",
-                 "data.source.extra={}", "data.train_sites=[hospital-a, hospital-b]", "data.train_slices_total=6",
-                 "data.partition=gradual", "augment.patch_size=0", "model.generator=resnet", "model.chans=4",
-                 "model.depth=1", "model.norm=instance", "model.init_weights=null", "objective.batch_size=2",
-                 "objective.micro_batch_size=2", "privacy.enabled=true", "federation.rounds=1",
-                 "federation.local_epochs=1", "federation.secure_aggregation.enabled=true",
-                 "federation.secure_aggregation.max_weight=16"]
-    cfg = load_run_config(None, ["family=synthesis", *overrides])
+    cfg = load_run_config(None, config)
     simulate(cfg, num_cpus=2)
     aggregated = load_arrays(tmp_path / "run" / "checkpoints" / "round_001.npz")
     family = family_from_config(cfg)
@@ -298,6 +250,48 @@ def test_secure_aggregation_of_dp_synthesis_keeps_each_sites_epsilon(tmp_path):
         np.testing.assert_allclose(value, expected, rtol=0, atol=1e-5, err_msg=name)
     row = read_metrics(tmp_path / "run")[0]
     assert all(names == [] for names in row["traffic"]["received_arrays"].values())
+    return family, updates
+
+
+@pytest.mark.slow
+def test_secure_aggregation_keeps_fedavg_weighting_and_critics_local_in_simulation(tmp_path):
+    """Sites with different amounts of data (so the weighting matters) and the hybrid objective (a WGAN
+    critic at each site): SecAgg+ in Flower's simulation gives the example-weighted mean of the sites' own
+    updates, computed here independently, and the critics never leave the sites."""
+    import torch
+
+    overrides = [f"run_dir={tmp_path / 'run'}", f"data.source.cache_dir={tmp_path / 'cache'}",
+                 "data.source.matrix=[40, 40]", "data.source.subjects_per_site=3", "data.source.slices_per_subject=3",
+                 "data.train_sites=[hospital-a, hospital-b]", "data.heldout_site=null", "data.num_coils=4",
+                 "data.val_subjects=1", "model.chans=8", "model.num_cascades=1", "model.sens_chans=4",
+                 "objective.batch_size=2", "objective.kind=hybrid", "data.site_train_slices={hospital-a: 2}",
+                 "federation.rounds=1", "federation.secure_aggregation.enabled=true",
+                 "federation.secure_aggregation.max_weight=16"]
+    family, _ = secure_round_equals_weighted_mean_of_own_updates(tmp_path, ["family=recon", *overrides])
+    for site in family.train_sites:
+        state = next((tmp_path / "run" / "sites" / site).glob("state_round_*.pt"))
+        assert "critic" in torch.load(state, weights_only=True)  # the critic stayed at the site
+
+
+@pytest.mark.slow
+def test_secure_aggregation_of_dp_synthesis_keeps_each_sites_epsilon(tmp_path):
+    """The synthesis family (DP-SGD on the generators, PatchGAN discriminators at each site) under SecAgg+ in
+    Flower's simulation: the aggregate is the example-weighted mean of the sites' own private updates (computed
+    here independently, same seeds, same DP noise), and each site's privacy ledger records exactly the epsilon
+    that site's own training gives without SecAgg+: secure aggregation changes neither the update nor the
+    accounting."""
+    from training.synthesis.family import read_ledger
+
+    overrides = [f"run_dir={tmp_path / 'run'}", f"data.source.cache_dir={tmp_path / 'cache'}",
+                 "data.source.matrix=[32, 32]", "data.source.subjects_per_site=4", "data.source.slices_per_subject=3",
+                 "data.val_subjects=1", "data.test_subjects=1",
+                 "data.source.extra={}", "data.train_sites=[hospital-a, hospital-b]", "data.train_slices_total=6",
+                 "data.partition=gradual", "augment.patch_size=0", "model.generator=resnet", "model.chans=4",
+                 "model.depth=1", "model.norm=instance", "model.init_weights=null", "objective.batch_size=2",
+                 "objective.micro_batch_size=2", "privacy.enabled=true", "federation.rounds=1",
+                 "federation.local_epochs=1", "federation.secure_aggregation.enabled=true",
+                 "federation.secure_aggregation.max_weight=16"]
+    family, updates = secure_round_equals_weighted_mean_of_own_updates(tmp_path, ["family=synthesis", *overrides])
     for site, update in updates.items():
         ledger = read_ledger(tmp_path / "run" / "sites" / site)
         assert len(ledger) == 1 and ledger[0]["epsilon"] == pytest.approx(update.metrics["epsilon"], rel=1e-12)
