@@ -196,7 +196,9 @@ class LocalDeployment:
         if self.insecure:
             return None
         key = f"key {public_key_fingerprint(self.pki.site_public_key(site))} ({self.pki.site_public_key(site)})"
-        if "Failed to activate SuperNode" in text:
+        # Flower reports an unregistered key either way, depending on the stage it reaches: the activation
+        # message, or a connection error carrying FLEET_NODE_ACTIVATION_FAILED (code 2004)
+        if "Failed to activate SuperNode" in text or "[code: 2004]" in text:
             return f"site {site!r} refused by the SuperLink: its {key} is not registered (unknown key)"
         if "CERTIFICATE_VERIFY_FAILED" in text or "handshake" in text:
             detail = next((ln for ln in text.splitlines() if "CERTIFICATE_VERIFY_FAILED" in ln), "TLS handshake failed")
